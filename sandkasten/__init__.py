@@ -1,0 +1,3 @@
+"""Sandkasten: a self-hosted sandbox runtime for AI agents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The sandbox runtime: the driver interface (``base``) and the Linux driver (``linux``)."""
