@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 app.add_typer(image_app, name="image", help="Pull, list and manage images.")
 
+from sandkasten.cli import daemon as _daemon  # noqa: E402 (registers on ``app``)
+
+_daemon.register(app)
+
 
 def main() -> None:
     app()

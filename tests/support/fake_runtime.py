@@ -46,7 +46,8 @@ class FakeSandbox:
         self.destroyed = False
         self.execs = 0
         self._lock = asyncio.Lock()
-        (root_dir / "workspace").mkdir(parents=True, exist_ok=True)
+        for d in ("workspace", "tmp"):
+            (root_dir / d).mkdir(parents=True, exist_ok=True)
 
     # ---- paths ---------------------------------------------------------------------------
     def _abs(self, path: str) -> str:
