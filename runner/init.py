@@ -18,6 +18,7 @@ it is registered) and waits on the reaper, never on ``os.waitpid`` itself.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -33,8 +34,11 @@ PR_SET_DUMPABLE = 4
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-# Ignored dispositions survive execve: reset the ones CPython ignores at start-up.
-_RESET_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
+# Ignored dispositions survive execve: reset every one a parent may have ignored
+# (CPython ignores SIGPIPE and SIGXFSZ; the fork server ignores SIGINT).
+_RESET_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT,
+                  signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN,
+                  signal.SIGTTOU, signal.SIGCHLD)
 
 
 def set_non_dumpable() -> None:
@@ -125,6 +129,7 @@ class ChildSpec:
     stdout: int
     stderr: int
     ctty: int | None = None  # make this fd the controlling terminal (a PTY slave)
+    fd3: int | None = None  # passed to the child as fd 3
 
 
 def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
@@ -142,12 +147,17 @@ def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
     if pid == 0:  # child: no allocation-heavy work, no locks, exec or _exit
         try:
             os.close(r)
+            w = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 256)  # out of the way of fds 0-3
             os.setsid()
             if spec.ctty is not None:
                 fcntl.ioctl(spec.ctty, termios.TIOCSCTTY, 0)
             for target, src in ((0, spec.stdin), (1, spec.stdout), (2, spec.stderr)):
                 os.dup2(src, target, inheritable=True)
-            os.closerange(3, w)
+            first_free = 3
+            if spec.fd3 is not None:
+                os.dup2(spec.fd3, 3, inheritable=True)
+                first_free = 4
+            os.closerange(first_free, w)
             os.closerange(w + 1, 65536)
             for sig in _RESET_IGNORED:
                 _libc.signal(sig, 0)  # SIG_DFL
@@ -158,7 +168,7 @@ def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
                 os.chdir(spec.cwd)
             except OSError:
                 os.chdir("/")
-            os.execve(argv[0], argv, dict(e.split(b"=", 1) for e in env))  # type: ignore[misc]
+            os.execve(argv[0], argv, dict(e.split(b"=", 1) for e in env))  # noqa: S606
         except BaseException as e:  # report and die; never return into the parent's code
             code = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
             try:
@@ -191,10 +201,8 @@ def serve_signals(reaper: Reaper, on_exit: Callable[[], None]) -> None:
             reaper.reap()
             continue
         on_exit()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(-1, info.si_signo)  # every process of the namespace except PID 1
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             reaper.reap()

@@ -7,6 +7,7 @@ exec, one shared pipe for a stateless exec's combined output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -97,7 +98,5 @@ def run_plain(
 
 
 def _killpg(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -199,7 +199,7 @@ def unb64(text: str) -> bytes:
 
 
 def to_dict(msg: Message) -> dict[str, object]:
-    d = asdict(msg)  # type: ignore[call-overload]
+    d = asdict(msg)
     d["t"] = type(msg).__name__
     return d
 
@@ -229,7 +229,7 @@ def from_dict(d: object) -> Message:
                 raise ProtocolError(f"bad {name}.{key}: {e}") from None
         kwargs[key] = value
     try:
-        return cls(**kwargs)  # type: ignore[no-any-return]
+        return cls(**kwargs)  # type: ignore[no-any-return,unused-ignore]
     except TypeError as e:
         raise ProtocolError(f"bad {name}: {e}") from None
 

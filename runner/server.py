@@ -8,6 +8,7 @@ inside a sandbox: it must be called after pivot_root with every module already i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -76,10 +77,8 @@ class Runner:
                 self._shell.close()
                 self._shell = None
         for c in list(self._conns):
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     # --- requests -------------------------------------------------------------------------
 
@@ -155,10 +154,8 @@ class Runner:
                 for msg in dec.feed(data):
                     self.handle(msg, send)
         except p.ProtocolError as e:
-            try:
+            with contextlib.suppress(OSError):
                 send(p.Error(code="invalid", message=str(e)))
-            except OSError:
-                pass
         except OSError:
             pass  # the client went away mid-reply
         finally:

@@ -26,11 +26,15 @@ If the shell exits (``exit``), the exec returns its status and a fresh shell is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import secrets
 import select
 import signal
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +83,7 @@ class Shell:
         self.reaper = reaper
         self.lock = threading.Lock()
         self.path = find_shell(cfg.shell_prefer, cfg.env.get("PATH", "/usr/bin:/bin"))
+        self.is_bash = os.path.basename(self.path) == "bash"
         self.pid = -1
         self._master = -1
         self._stdin = -1
@@ -90,16 +95,24 @@ class Shell:
     def _start(self) -> None:
         master, slave = os.openpty()
         r, w = os.pipe()
+        devnull = os.open("/dev/null", os.O_RDONLY)
         try:
             os.fchown(slave, self.cfg.uid, self.cfg.gid)
+            os.fchown(r, self.cfg.uid, self.cfg.gid)  # the shell reopens it as /proc/self/fd/3
             os.set_blocking(master, False)
-            is_bash = os.path.basename(self.path) == "bash"
-            argv = ([self.path, "--norc", "--noprofile", "--noediting", "-i"] if is_bash
-                    else [self.path, "-i"])
             env = dict(self.cfg.env)
             env.update(PS1="", PS2="", PS4="+ ")
             env.setdefault("TERM", "xterm")
-            spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, slave, ctty=slave)
+            if self.is_bash:
+                # bash reads a pipe on stdin one byte at a time and never loses input
+                argv = [self.path, "--norc", "--noprofile", "--noediting", "-i"]
+                spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, slave, ctty=slave)
+            else:
+                # ash/dash: commands from fd 3, stdin /dev/null (with commands on stdin,
+                # busybox runs some pipeline members on the shell's own input)
+                argv = [self.path, "-i", "/proc/self/fd/3"]
+                spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, slave,
+                                 ctty=slave, fd3=r)
             self.pid = self.reaper.spawn(lambda: fork_exec(spec, self.cfg.setup))
         except BaseException:
             for fd in (master, w):
@@ -108,6 +121,7 @@ class Shell:
         finally:
             os.close(slave)
             os.close(r)
+            os.close(devnull)
         self._master, self._stdin = master, w
         # Silence history and greetings; everything before the first marker is discarded.
         self._write("unset HISTFILE 2>/dev/null; set +o history 2>/dev/null\n")
@@ -115,10 +129,8 @@ class Shell:
 
     def close(self) -> None:
         if self.pid > 0:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.reaper.wait(self.pid, 2.0)
             self.pid = -1
         for fd in (self._master, self._stdin):
@@ -152,6 +164,22 @@ class Shell:
             return b""
         except OSError:  # EIO: no process holds the slave any more
             return None
+
+    def _drained(self) -> None:
+        """Wait until the shell has read everything written so far (ash/dash only).
+
+        Those shells read their input in blocks and drop the rest of the block on a syntax
+        error; the marker must therefore arrive in a later read than the command.
+        """
+        if self.is_bash:
+            return
+        buf = bytearray(4)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            fcntl.ioctl(self._stdin, termios.FIONREAD, buf)
+            if int.from_bytes(buf, sys.byteorder) == 0:
+                return
+            time.sleep(0.00005)
 
     def _marker_line(self, nonce: str) -> str:
         return f"printf '\\036{nonce}:%d:%s\\037{nonce}\\n' \"$?\" \"$PWD\"\n"
@@ -195,7 +223,9 @@ class Shell:
             body = f"{{ . {_quote(staged)}\n}} </dev/null\n"
         else:
             body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null\n"
-        self._write(body + self._marker_line(nonce))
+        self._write(body)
+        self._drained()
+        self._write(self._marker_line(nonce))
         pat = re.compile(rb"\x1e" + nonce.encode() + rb":(-?\d+):(.*?)\x1f" + nonce.encode()
                          + rb"\r?\n")
         out = Capped(req.max_output)
@@ -250,10 +280,8 @@ class Shell:
             if text:
                 on_chunk(text)
         if staged:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(staged)
-            except OSError:
-                pass
         if shell_gone:
             self._restart()
         elif timed_out:
