@@ -74,3 +74,90 @@ def release(p: subprocess.Popen[str], timeout: float = 30) -> tuple[str, str]:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# -- the nested, delegated cgroup v2 case ------------------------------------------------
+
+# Runs as a simulated daemon whose own cgroup holds processes: waits for a line on stdin
+# (the test moves it first), opens the manager, runs one session and reports as JSON.
+NESTED_DAEMON = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+from sandkasten.runtime.linux.cgroups import CgroupLimits, open_manager
+root, allow, hog = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
+sys.stdin.readline()
+mgr = open_manager(root, "sessions", allow_unlimited=allow)
+own = [l for l in open("/proc/self/cgroup").read().splitlines() if l.startswith("0::")][0]
+cg = mgr.create("s1", CgroupLimits(memory_bytes=48 << 20, pids=16, cpu=0.5))
+p = subprocess.Popen(["sleep", "30"])
+cg.add_process(p.pid)
+procs = cg.procs()
+cg.kill_all()
+rc = p.wait()
+oom = None
+if hog:
+    h = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); "
+                          "b = b'x' * (200 << 20)"], stdin=subprocess.PIPE, text=True)
+    cg.add_process(h.pid)
+    h.communicate("go\n")
+    oom = {"rc": h.returncode, "oom_kills": cg.stats().oom_kills}
+cg.remove()
+print(json.dumps({"version": mgr.version, "controllers": sorted(mgr.controllers),
+                  "own": own, "procs": procs, "sleeper": p.pid, "sleeper_rc": rc,
+                  "oom": oom, "left": mgr.list(), "path": str(mgr.path)}))
+"""
+
+
+def remove_cgroup_tree(path: Path) -> None:
+    """Kill everything under a v2 cgroup ``path`` and remove it, deepest first."""
+    if not path.exists():
+        return
+    for child in sorted((d for d in path.iterdir() if d.is_dir()), reverse=True):
+        remove_cgroup_tree(child)
+    for pid in (path / "cgroup.procs").read_text().split():
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+    from sandkasten.runtime.linux.cgroups.base import wait_until
+
+    def gone() -> bool:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return False
+        return True
+
+    assert wait_until(gone, 10), f"cannot remove {path}"
+
+
+def run_nested_daemon(top: Path, root: Path, *, allow_unlimited: bool, hog: bool) -> dict:
+    """Simulate a daemon in the non-root cgroup ``top/host-sim`` that already holds another
+    process, run NESTED_DAEMON in it, and return its report plus where the sibling went."""
+    import json
+
+    host = top / "host-sim"
+    host.mkdir()
+    sibling = subprocess.Popen(["sleep", "60"])
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", NESTED_DAEMON, str(root), "1" if allow_unlimited else "0",
+         "1" if hog else "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for pid in (sibling.pid, daemon.pid):
+            (host / "cgroup.procs").write_text(str(pid))
+        out, err = daemon.communicate("go\n", timeout=60)
+        assert daemon.returncode == 0, err
+        report = json.loads(out)
+        with open(f"/proc/{sibling.pid}/cgroup") as f:
+            report["sibling_cgroup"] = [x for x in f.read().splitlines() if x.startswith("0::")][0]
+        report["host_procs"] = (host / "cgroup.procs").read_text().split()
+        report["host_subtree"] = (host / "cgroup.subtree_control").read_text().split()
+        return report
+    finally:
+        for p in (sibling, daemon):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        remove_cgroup_tree(host)
