@@ -3,6 +3,7 @@ removed, with everything in it, even when the test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -115,10 +116,8 @@ def remove_cgroup_tree(path: Path) -> None:
     for child in sorted((d for d in path.iterdir() if d.is_dir()), reverse=True):
         remove_cgroup_tree(child)
     for pid in (path / "cgroup.procs").read_text().split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), 9)
-        except ProcessLookupError:
-            pass
     from sandkasten.runtime.linux.cgroups.base import wait_until
 
     def gone() -> bool:
@@ -151,7 +150,7 @@ def run_nested_daemon(top: Path, root: Path, *, allow_unlimited: bool, hog: bool
         assert daemon.returncode == 0, err
         report = json.loads(out)
         with open(f"/proc/{sibling.pid}/cgroup") as f:
-            report["sibling_cgroup"] = [x for x in f.read().splitlines() if x.startswith("0::")][0]
+            report["sibling_cgroup"] = next(x for x in f.read().splitlines() if x.startswith("0::"))
         report["host_procs"] = (host / "cgroup.procs").read_text().split()
         report["host_subtree"] = (host / "cgroup.subtree_control").read_text().split()
         return report
