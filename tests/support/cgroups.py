@@ -34,7 +34,7 @@ def teardown(mgr: CgroupManager) -> None:
         if cg is not None:
             cg.remove(timeout=10)
     if isinstance(mgr, V1Manager):
-        dirs = {os.path.realpath(d): d for d in mgr.parents.values()}.values()
+        dirs: list[Path] = list({os.path.realpath(d): d for d in mgr.parents.values()}.values())
     elif isinstance(mgr, V2Manager):
         dirs = [mgr.path]
     else:
