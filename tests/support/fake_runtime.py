@@ -307,6 +307,10 @@ class FakeImages:
             for i in self.images.values()
         ]
 
+    def repull(self, name: str, digest: str) -> None:
+        """The name now points at a new image (as after ``image pull`` of a newer tag)."""
+        self.images[name] = self._info(name, digest, [Path(f"/layers/{digest}")])
+
     def delete(self, name: str) -> None:
         self.resolve(name)
         del self.images[name]

@@ -450,3 +450,50 @@ def test_openapi_documents_every_route(api: Api) -> None:
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert "401" in paths["/v1/sessions"]["post"]["responses"]
     assert httpx.get(api.url + "/docs").status_code == 200
+
+
+def _wait(cond: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_pool_serves_prewarmed_and_follows_the_digest(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, SANDKASTEN_POOL__ENABLED="true",
+                      SANDKASTEN_POOL__IMAGES='{"python": 2}')
+    rt, images = FakeRuntime(tmp_path / "rt"), FakeImages(["python", "busybox"])
+    images.repull("python", "sha256:" + "1" * 64)
+    with running(cfg, rt, images) as api:
+        _wait(lambda: len(rt.created) == 2)
+        pooled = set(rt.created)
+        sid = api.session()
+        assert sid in pooled and sid.startswith("sb-")
+        assert api.exec(sid, "echo pooled")["output"] == "pooled\n"
+        other = api.session(image="busybox")  # not pooled: created on demand
+        assert other not in pooled and len(other) == 12
+        limited = api.session(mem_limit_mb=64)  # other limits: never from the pool
+        assert limited not in pooled
+        _wait(lambda: len([i for i in rt.created if i.startswith("sb-")]) == 3)  # refilled
+        stale = [i for i in rt.created if i.startswith("sb-") and i != sid]
+        images.repull("python", "sha256:" + "2" * 64)
+        first = api.session()  # new digest: the stale pool is not used
+        assert rt.live[first].spec.layer_paths == [Path("/layers/sha256:" + "2" * 64)]
+        _wait(lambda: all(rt.live[i].destroyed for i in stale))
+        _wait(lambda: any(rt.live[i].spec.layer_paths[0].name.endswith("2" * 64)
+                          and not rt.live[i].destroyed
+                          for i in rt.created if i.startswith("sb-")))
+        again = api.session()
+        assert rt.live[again].spec.layer_paths == [Path("/layers/sha256:" + "2" * 64)]
+    # stopping drains the pool: nothing pooled survives
+    assert all(sb.destroyed for sb in rt.live.values())
+
+
+def test_restore_cleans_sandboxes_without_a_session(tmp_path: Path) -> None:
+    rt, images = FakeRuntime(tmp_path / "rt"), FakeImages()
+    orphan = tmp_path / "rt" / "sb-orphan"
+    orphan.mkdir(parents=True)
+    rt.list_sessions = lambda: sorted(p.name for p in (tmp_path / "rt").iterdir())  # type: ignore[attr-defined]
+    with running(make_config(tmp_path), rt, images) as api:
+        assert api.c.get("/v1/sessions").json() == []
+    assert "sb-orphan" in rt.cleaned and not orphan.exists()
