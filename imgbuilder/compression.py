@@ -22,11 +22,18 @@ import queue
 import threading
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import zstandard
 
 from imgbuilder.errors import LayerError
+
+
+class Readable(Protocol):
+    """Anything with ``read(n)``: files, pipes, sockets' makefile, HTTP response streams."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -133,7 +140,7 @@ class DecompressedStream(io.RawIOBase):
     the stream has been read to EOF.
     """
 
-    def __init__(self, source: BinaryIO, kind: str, head: bytes) -> None:
+    def __init__(self, source: Readable | BinaryIO, kind: str, head: bytes) -> None:
         super().__init__()
         self.compression = kind
         self.compressed_bytes = 0
@@ -173,7 +180,7 @@ class DecompressedStream(io.RawIOBase):
         self.uncompressed_bytes += len(data)
         return self._put(data)
 
-    def _produce(self, source: BinaryIO, decoder: Callable[[bytes], bytes] | None,
+    def _produce(self, source: Readable | BinaryIO, decoder: Callable[[bytes], bytes] | None,
                  head: bytes) -> None:
         try:
             data = head
@@ -227,6 +234,12 @@ class DecompressedStream(io.RawIOBase):
         self._pos += len(out)
         return out
 
+    def peek(self) -> bytes:
+        """The bytes already decompressed and not yet read (b"" at EOF); consumes nothing."""
+        if self._pos >= len(self._buf) and not self._fill():
+            return b""
+        return self._buf[self._pos:]
+
     def read(self, size: int | None = -1) -> bytes:
         """Exactly ``size`` bytes unless EOF comes first (all of it for ``size < 0``)."""
         if size is None or size < 0:
@@ -272,7 +285,8 @@ class DecompressedStream(io.RawIOBase):
         super().close()
 
 
-def open_decompressed(fileobj: BinaryIO, media_type: str | None = None) -> DecompressedStream:
+def open_decompressed(fileobj: Readable | BinaryIO,
+                      media_type: str | None = None) -> DecompressedStream:
     """Stream the uncompressed tar inside ``fileobj`` (gzip, zstd or plain tar).
 
     The compression is detected from the first bytes; ``media_type`` rejects unsupported

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imgbuilder.compression import Readable
 from imgbuilder.errors import LayerError, StoreError
 from imgbuilder.whiteout import OPAQUE_XATTR, classify, split_name
 
@@ -80,7 +81,7 @@ class ExtractStats:
 class _Source:
     """Sequential reader with the file-object subset ``TarInfo.fromtarfile`` uses."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: Readable | BinaryIO) -> None:
         self._read = getattr(stream, "read1", None) or stream.read
         self.buf = b""
         self.mv = memoryview(self.buf)
@@ -548,7 +549,7 @@ def _translate(e: OSError, name: str, dest: Path) -> Exception:
     return LayerError(f"cannot extract {name!r}: {e.strerror or e}")
 
 
-def extract_layer(tar_stream: BinaryIO, dest: Path) -> ExtractStats:
+def extract_layer(tar_stream: Readable | BinaryIO, dest: Path) -> ExtractStats:
     """Extract the uncompressed tar ``tar_stream`` into the existing, empty directory ``dest``.
 
     Guarantees: nothing is created, changed or followed outside ``dest`` (see the module
