@@ -61,8 +61,9 @@ def running(config: Config, runtime: FakeRuntime, images: FakeImages) -> Iterato
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    with running(make_config(tmp_path), FakeRuntime(tmp_path / "rt"),
-                 FakeImages(["python", "busybox"])) as a:
+    with running(
+        make_config(tmp_path), FakeRuntime(tmp_path / "rt"), FakeImages(["python", "busybox"])
+    ) as a:
         yield a
 
 
@@ -88,23 +89,36 @@ def test_seed_flow_with_curl_style_bodies(api: Api) -> None:
     s = r.json()
     assert set(s) == SESSION_KEYS
     assert (s["image"], s["status"], s["cwd"], s["workspace_id"]) == (
-        "python", "running", "/workspace", None)
-    assert len(s["id"]) == 12 and s["created_at"].endswith("Z") and s["expires_at"] > s["created_at"]
+        "python",
+        "running",
+        "/workspace",
+        None,
+    )
+    assert (
+        len(s["id"]) == 12 and s["created_at"].endswith("Z") and s["expires_at"] > s["created_at"]
+    )
     sid = s["id"]
-    r = httpx.post(f"{api.url}/v1/sessions/{sid}/exec", headers=form,
-                   content='{"cmd":"echo hello world"}')
+    r = httpx.post(
+        f"{api.url}/v1/sessions/{sid}/exec", headers=form, content='{"cmd":"echo hello world"}'
+    )
     body = r.json()
     assert list(body) == ["exit_code", "cwd", "output", "truncated", "duration_ms"]
     assert body["exit_code"] == 0 and body["output"] == "hello world\n"
     assert body["cwd"] == "/workspace" and body["truncated"] is False
-    r = httpx.post(f"{api.url}/v1/sessions/{sid}/fs/write", headers=form,
-                   content='{"path":"/workspace/test.py","text":"print(42)"}')
+    r = httpx.post(
+        f"{api.url}/v1/sessions/{sid}/fs/write",
+        headers=form,
+        content='{"path":"/workspace/test.py","text":"print(42)"}',
+    )
     assert r.json() == {"ok": True, "path": "/workspace/test.py", "bytes": 9}
-    r = httpx.get(f"{api.url}/v1/sessions/{sid}/fs/read",
-                  params={"path": "/workspace/test.py"}, headers=H)
-    assert r.json() == {"path": "/workspace/test.py",
-                        "content_base64": base64.b64encode(b"print(42)").decode(),
-                        "truncated": False}
+    r = httpx.get(
+        f"{api.url}/v1/sessions/{sid}/fs/read", params={"path": "/workspace/test.py"}, headers=H
+    )
+    assert r.json() == {
+        "path": "/workspace/test.py",
+        "content_base64": base64.b64encode(b"print(42)").decode(),
+        "truncated": False,
+    }
     assert httpx.delete(f"{api.url}/v1/sessions/{sid}", headers=H).json() == {"ok": True}
     err(api.c.get(f"/v1/sessions/{sid}"), 404, "session_not_found")
 
@@ -135,8 +149,13 @@ def test_state_persists_between_execs(api: Api) -> None:
 def test_split_output_shape(api: Api) -> None:
     sid = api.session()
     r = api.exec(sid, "echo out; echo err >&2; exit 3", split_output=True)
-    assert r == {"exit_code": 3, "stdout": "out\n", "stderr": "err\n", "cwd": "/workspace",
-                 "duration_ms": r["duration_ms"]}
+    assert r == {
+        "exit_code": 3,
+        "stdout": "out\n",
+        "stderr": "err\n",
+        "cwd": "/workspace",
+        "duration_ms": r["duration_ms"],
+    }
 
 
 def test_timeout_is_capped_and_reported(tmp_path: Path) -> None:
@@ -151,17 +170,23 @@ def test_timeout_is_capped_and_reported(tmp_path: Path) -> None:
 
 def test_stream_events(api: Api) -> None:
     sid = api.session()
-    with api.c.stream("POST", f"/v1/sessions/{sid}/exec/stream",
-                      json={"cmd": "echo a; echo b; exit 2"}) as r:
+    with api.c.stream(
+        "POST", f"/v1/sessions/{sid}/exec/stream", json={"cmd": "echo a; echo b; exit 2"}
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         text = r.read().decode()
-    events = [(b.split("\n")[0][7:], json.loads(b.split("\n")[1][6:]))
-              for b in text.strip().split("\n\n")]
+    events = [
+        (b.split("\n")[0][7:], json.loads(b.split("\n")[1][6:])) for b in text.strip().split("\n\n")
+    ]
     assert [e for e, _ in events] == ["chunk", "chunk", "done"]
     assert "".join(d["chunk"] for e, d in events if e == "chunk") == "a\nb\n"
     assert all(isinstance(d["timestamp"], int) for e, d in events if e == "chunk")
-    assert events[-1][1] == {"exit_code": 2, "cwd": "/workspace",
-                             "duration_ms": events[-1][1]["duration_ms"], "truncated": False}
+    assert events[-1][1] == {
+        "exit_code": 2,
+        "cwd": "/workspace",
+        "duration_ms": events[-1][1]["duration_ms"],
+        "truncated": False,
+    }
 
 
 def test_stats(api: Api) -> None:
@@ -173,18 +198,29 @@ def test_stats(api: Api) -> None:
 
 def test_files_list_upload_archive(api: Api) -> None:
     sid = api.session()
-    r = api.c.post(f"/v1/sessions/{sid}/fs/write",
-                   json={"path": "bin.dat", "content_base64": base64.b64encode(b"\0\1\2").decode()})
+    r = api.c.post(
+        f"/v1/sessions/{sid}/fs/write",
+        json={"path": "bin.dat", "content_base64": base64.b64encode(b"\0\1\2").decode()},
+    )
     assert r.json()["path"] == "/workspace/bin.dat"
-    r = api.c.post(f"/v1/sessions/{sid}/fs/upload",
-                   files=[("file", ("a.txt", b"A")), ("files", ("b.txt", b"BB"))],
-                   data={"path": "/workspace/up"})
-    assert r.json() == {"ok": True, "files": [{"path": "/workspace/up/a.txt", "bytes": 1},
-                                              {"path": "/workspace/up/b.txt", "bytes": 2}]}
+    r = api.c.post(
+        f"/v1/sessions/{sid}/fs/upload",
+        files=[("file", ("a.txt", b"A")), ("files", ("b.txt", b"BB"))],
+        data={"path": "/workspace/up"},
+    )
+    assert r.json() == {
+        "ok": True,
+        "files": [
+            {"path": "/workspace/up/a.txt", "bytes": 1},
+            {"path": "/workspace/up/b.txt", "bytes": 2},
+        ],
+    }
     listing = api.c.get(f"/v1/sessions/{sid}/fs/list", params={"path": "/workspace"}).json()
     assert listing["path"] == "/workspace"
-    assert {(e["name"], e["type"]) for e in listing["entries"]} == {("bin.dat", "file"),
-                                                                     ("up", "dir")}
+    assert {(e["name"], e["type"]) for e in listing["entries"]} == {
+        ("bin.dat", "file"),
+        ("up", "dir"),
+    }
     r = api.c.get(f"/v1/sessions/{sid}/fs/read", params={"path": "up/b.txt", "max_bytes": 1})
     assert r.json()["truncated"] is True and base64.b64decode(r.json()["content_base64"]) == b"B"
     r = api.c.get(f"/v1/sessions/{sid}/fs/archive", params={"path": "/workspace"})
@@ -192,15 +228,20 @@ def test_files_list_upload_archive(api: Api) -> None:
     with tarfile.open(fileobj=io.BytesIO(r.content)) as tf:
         names = sorted(tf.getnames())
         assert names == ["bin.dat", "up/", "up/a.txt", "up/b.txt"] or names == [
-            "bin.dat", "up", "up/a.txt", "up/b.txt"]
+            "bin.dat",
+            "up",
+            "up/a.txt",
+            "up/b.txt",
+        ]
         f = tf.extractfile("up/b.txt")
         assert f is not None and f.read() == b"BB"
 
 
 # ---- workspaces ----------------------------------------------------------------------------
 def test_workspace_outlives_sessions(api: Api) -> None:
-    r = api.c.post("/v1/workspaces/proj-1/fs/write",
-                   json={"path": "/workspace/notes/a.txt", "text": "seeded"})
+    r = api.c.post(
+        "/v1/workspaces/proj-1/fs/write", json={"path": "/workspace/notes/a.txt", "text": "seeded"}
+    )
     assert r.json() == {"ok": True, "path": "/workspace/notes/a.txt", "bytes": 6}
     sid = api.session(workspace_id="proj-1")
     assert api.c.get(f"/v1/sessions/{sid}").json()["workspace_id"] == "proj-1"
@@ -229,8 +270,7 @@ def test_workspace_archive_roundtrip(api: Api) -> None:
         link.type, link.linkname = tarfile.SYMTYPE, "/etc"
         tf.addfile(link)
     r = api.c.put("/v1/workspaces/imp/archive", content=buf.getvalue())
-    assert r.json() == {"ok": True, "files": 2, "dirs": 0, "symlinks": 1, "skipped": 0,
-                        "bytes": 11}
+    assert r.json() == {"ok": True, "files": 2, "dirs": 0, "symlinks": 1, "skipped": 0, "bytes": 11}
     root = api.config.data_dir / "workspaces/imp"
     assert (root / "src/main.py").stat().st_mode & 0o7777 == 0o755  # setuid dropped
     r = api.c.get("/v1/workspaces/imp/archive")
@@ -271,11 +311,25 @@ def test_workspace_ids_are_validated(api: Api, wid: str) -> None:
 # ---- errors ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/sessions"), ("POST", "/v1/sessions"), ("GET", "/v1/workspaces"),
-     ("GET", "/v1/images"), ("DELETE", "/v1/sessions/x")],
+    [
+        ("GET", "/v1/sessions"),
+        ("POST", "/v1/sessions"),
+        ("GET", "/v1/workspaces"),
+        ("GET", "/v1/images"),
+        ("DELETE", "/v1/sessions/x"),
+    ],
 )
-@pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic c2stc2FuZGJveC10ZXN0", "Bearer",
-                                  "Bearer sk-sandbox-tes", "bearer sk-sandbox-test2"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        None,
+        "Bearer wrong",
+        "Basic c2stc2FuZGJveC10ZXN0",
+        "Bearer",
+        "Bearer sk-sandbox-tes",
+        "bearer sk-sandbox-test2",
+    ],
+)
 def test_auth_failures(api: Api, method: str, path: str, auth: str | None) -> None:
     headers = {"Authorization": auth} if auth is not None else {}
     r = httpx.request(method, api.url + path, headers=headers)
@@ -293,28 +347,49 @@ def test_error_codes(api: Api) -> None:
     err(api.c.post("/v1/sessions", json={"ttl_seconds": -1}), 400, "invalid_request")
     err(api.c.post(f"/v1/sessions/{sid}/exec", json={}), 400, "invalid_request")
     err(api.c.post(f"/v1/sessions/{sid}/exec", json={"cmd": "  "}), 400, "invalid_request")
-    big = err(api.c.post(f"/v1/sessions/{sid}/exec", json={"cmd": "x" * ((1 << 20) + 1)}),
-              400, "cmd_too_large")
+    big = err(
+        api.c.post(f"/v1/sessions/{sid}/exec", json={"cmd": "x" * ((1 << 20) + 1)}),
+        400,
+        "cmd_too_large",
+    )
     assert "fs/write" in big["hint"]
     err(api.c.post(f"/v1/sessions/{sid}/fs/write", json={"path": "a"}), 400, "invalid_request")
-    err(api.c.post(f"/v1/sessions/{sid}/fs/write",
-                   json={"path": "a", "text": "x", "content_base64": "eA=="}),
-        400, "invalid_request")
-    err(api.c.post(f"/v1/sessions/{sid}/fs/write", json={"path": "a", "content_base64": "!!"}),
-        400, "invalid_request")
+    err(
+        api.c.post(
+            f"/v1/sessions/{sid}/fs/write",
+            json={"path": "a", "text": "x", "content_base64": "eA=="},
+        ),
+        400,
+        "invalid_request",
+    )
+    err(
+        api.c.post(f"/v1/sessions/{sid}/fs/write", json={"path": "a", "content_base64": "!!"}),
+        400,
+        "invalid_request",
+    )
     err(api.c.get(f"/v1/sessions/{sid}/fs/read", params={"path": "/nope"}), 404, "file_not_found")
     err(api.c.get(f"/v1/sessions/{sid}/fs/read"), 400, "invalid_request")
-    err(api.c.get(f"/v1/sessions/{sid}/fs/archive", params={"path": "/nope"}), 404,
-        "file_not_found")
-    err(api.c.post(f"/v1/sessions/{sid}/fs/upload", data={"path": "/workspace"}), 400,
-        "invalid_request")
+    err(
+        api.c.get(f"/v1/sessions/{sid}/fs/archive", params={"path": "/nope"}), 404, "file_not_found"
+    )
+    err(
+        api.c.post(f"/v1/sessions/{sid}/fs/upload", data={"path": "/workspace"}),
+        400,
+        "invalid_request",
+    )
     err(api.c.post("/v1/sessions/nope/exec", json={"cmd": "true"}), 404, "session_not_found")
     err(api.c.get("/v1/nothing-here"), 404, "not_found")
     err(api.c.put("/v1/sessions"), 405, "method_not_allowed")
-    err(api.c.post("/v1/workspaces/w/fs/write", json={"path": "/etc/x", "text": "x"}), 400,
-        "invalid_path")
-    err(api.c.put("/v1/workspaces/w/archive", content=b"not a tar at all" * 100), 400,
-        "invalid_archive")
+    err(
+        api.c.post("/v1/workspaces/w/fs/write", json={"path": "/etc/x", "text": "x"}),
+        400,
+        "invalid_path",
+    )
+    err(
+        api.c.put("/v1/workspaces/w/archive", content=b"not a tar at all" * 100),
+        400,
+        "invalid_archive",
+    )
     err(api.c.delete("/v1/images/python"), 409, "image_in_use")
     err(api.c.delete("/v1/images/ruby"), 404, "image_not_found")
 
@@ -325,8 +400,10 @@ def test_body_over_limit_is_413(api: Api) -> None:
     sid = api.session()
     host, port = api.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(f"POST /v1/sessions/{sid}/fs/write HTTP/1.1\r\nHost: x\r\n"
-                  f"Authorization: Bearer {KEY}\r\nContent-Length: {65 << 20}\r\n\r\n".encode())
+        s.sendall(
+            f"POST /v1/sessions/{sid}/fs/write HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Length: {65 << 20}\r\n\r\n".encode()
+        )
         resp = b""
         while b"}" not in resp:
             chunk = s.recv(4096)
@@ -339,24 +416,33 @@ def test_body_over_limit_is_413(api: Api) -> None:
 
 
 def test_policy_refusals_are_422(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, SANDKASTEN_ALLOWED_IMAGES="python",
-                      SANDKASTEN_WORKSPACE__ENABLED="false")
+    cfg = make_config(
+        tmp_path, SANDKASTEN_ALLOWED_IMAGES="python", SANDKASTEN_WORKSPACE__ENABLED="false"
+    )
     with running(cfg, FakeRuntime(tmp_path / "rt"), FakeImages(["python", "busybox"])) as api:
         body = err(api.c.post("/v1/sessions", json={"image": "busybox"}), 422, "image_not_allowed")
         assert "python" in body["hint"]
         err(api.c.post("/v1/sessions", json={"workspace_id": "w"}), 422, "workspaces_disabled")
-        err(api.c.post("/v1/workspaces/w/fs/write", json={"path": "a", "text": ""}), 422,
-            "workspaces_disabled")
+        err(
+            api.c.post("/v1/workspaces/w/fs/write", json={"path": "a", "text": ""}),
+            422,
+            "workspaces_disabled",
+        )
 
 
 def test_session_limit_is_409(tmp_path: Path) -> None:
-    with running(make_config(tmp_path, SANDKASTEN_MAX_SESSIONS="1"),
-                 FakeRuntime(tmp_path / "rt"), FakeImages()) as api:
+    with running(
+        make_config(tmp_path, SANDKASTEN_MAX_SESSIONS="1"),
+        FakeRuntime(tmp_path / "rt"),
+        FakeImages(),
+    ) as api:
         api.session()
         err(api.c.post("/v1/sessions", json={}), 409, "session_limit")
 
 
-def test_internal_errors_are_500_with_request_id(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+def test_internal_errors_are_500_with_request_id(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     sid = api.session()
 
     async def broken(*a: Any, **k: Any) -> Any:
@@ -374,8 +460,9 @@ def test_internal_errors_are_500_with_request_id(api: Api, caplog: pytest.LogCap
 def test_images_list_pull_delete(api: Api) -> None:
     names = [i["name"] for i in api.c.get("/v1/images").json()["images"]]
     assert names == ["python", "busybox"]
-    with api.c.stream("POST", "/v1/images/pull", json={"ref": "registry.local/node:20",
-                                                       "name": "node"}) as r:
+    with api.c.stream(
+        "POST", "/v1/images/pull", json={"ref": "registry.local/node:20", "name": "node"}
+    ) as r:
         text = r.read().decode()
     kinds = [b.split("\n")[0] for b in text.strip().split("\n\n")]
     assert kinds == ["event: progress", "event: progress", "event: done"]
@@ -437,15 +524,27 @@ def test_concurrent_sessions(api: Api) -> None:
 def test_openapi_documents_every_route(api: Api) -> None:
     spec = api.c.get("/openapi.json").json()
     paths = spec["paths"]
-    for p in ["/healthz", "/v1/sessions", "/v1/sessions/{session_id}",
-              "/v1/sessions/{session_id}/stats", "/v1/sessions/{session_id}/exec",
-              "/v1/sessions/{session_id}/exec/stream", "/v1/sessions/{session_id}/fs/write",
-              "/v1/sessions/{session_id}/fs/read", "/v1/sessions/{session_id}/fs/upload",
-              "/v1/sessions/{session_id}/fs/list", "/v1/sessions/{session_id}/fs/archive",
-              "/v1/workspaces", "/v1/workspaces/{workspace_id}",
-              "/v1/workspaces/{workspace_id}/fs/write", "/v1/workspaces/{workspace_id}/fs/upload",
-              "/v1/workspaces/{workspace_id}/archive", "/v1/images", "/v1/images/pull",
-              "/v1/images/{name}"]:
+    for p in [
+        "/healthz",
+        "/v1/sessions",
+        "/v1/sessions/{session_id}",
+        "/v1/sessions/{session_id}/stats",
+        "/v1/sessions/{session_id}/exec",
+        "/v1/sessions/{session_id}/exec/stream",
+        "/v1/sessions/{session_id}/fs/write",
+        "/v1/sessions/{session_id}/fs/read",
+        "/v1/sessions/{session_id}/fs/upload",
+        "/v1/sessions/{session_id}/fs/list",
+        "/v1/sessions/{session_id}/fs/archive",
+        "/v1/workspaces",
+        "/v1/workspaces/{workspace_id}",
+        "/v1/workspaces/{workspace_id}/fs/write",
+        "/v1/workspaces/{workspace_id}/fs/upload",
+        "/v1/workspaces/{workspace_id}/archive",
+        "/v1/images",
+        "/v1/images/pull",
+        "/v1/images/{name}",
+    ]:
         assert p in paths, p
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert "401" in paths["/v1/sessions"]["post"]["responses"]
@@ -460,8 +559,9 @@ def _wait(cond: Any, timeout: float = 5) -> None:
 
 
 def test_pool_serves_prewarmed_and_follows_the_digest(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, SANDKASTEN_POOL__ENABLED="true",
-                      SANDKASTEN_POOL__IMAGES='{"python": 2}')
+    cfg = make_config(
+        tmp_path, SANDKASTEN_POOL__ENABLED="true", SANDKASTEN_POOL__IMAGES='{"python": 2}'
+    )
     rt, images = FakeRuntime(tmp_path / "rt"), FakeImages(["python", "busybox"])
     images.repull("python", "sha256:" + "1" * 64)
     with running(cfg, rt, images) as api:
@@ -480,9 +580,13 @@ def test_pool_serves_prewarmed_and_follows_the_digest(tmp_path: Path) -> None:
         first = api.session()  # new digest: the stale pool is not used
         assert rt.live[first].spec.layer_paths == [Path("/layers/sha256:" + "2" * 64)]
         _wait(lambda: all(rt.live[i].destroyed for i in stale))
-        _wait(lambda: any(rt.live[i].spec.layer_paths[0].name.endswith("2" * 64)
-                          and not rt.live[i].destroyed
-                          for i in rt.created if i.startswith("sb-")))
+        _wait(
+            lambda: any(
+                rt.live[i].spec.layer_paths[0].name.endswith("2" * 64) and not rt.live[i].destroyed
+                for i in rt.created
+                if i.startswith("sb-")
+            )
+        )
         again = api.session()
         assert rt.live[again].spec.layer_paths == [Path("/layers/sha256:" + "2" * 64)]
     # stopping drains the pool: nothing pooled survives

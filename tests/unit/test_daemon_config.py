@@ -54,21 +54,31 @@ def test_defaults_without_file() -> None:
         ({"SANDKASTEN_API_KEY": "k2"}, lambda c: c.api_key == "k2"),
         ({"SANDKASTEN_LISTEN": "0.0.0.0:9000"}, lambda c: c.port == 9000 and not c.is_loopback()),
         ({"SANDKASTEN_DATA_DIR": "/srv/sk"}, lambda c: c.data_dir == Path("/srv/sk")),
-        ({"SANDKASTEN_DEFAULTS__MEM_LIMIT_MB": "1024"}, lambda c: c.defaults.mem_limit_mb == 1024
-         and c.defaults.pids_limit == 256),
+        (
+            {"SANDKASTEN_DEFAULTS__MEM_LIMIT_MB": "1024"},
+            lambda c: c.defaults.mem_limit_mb == 1024 and c.defaults.pids_limit == 256,
+        ),
         ({"SANDKASTEN_MEM_LIMIT_MB": "64"}, lambda c: c.defaults.mem_limit_mb == 64),
         ({"SANDKASTEN_SECCOMP": "off"}, lambda c: c.security.seccomp == "off"),
-        ({"SANDKASTEN_ALLOWED_IMAGES": "python, node"},
-         lambda c: c.allowed_images == ["python", "node"]),
+        (
+            {"SANDKASTEN_ALLOWED_IMAGES": "python, node"},
+            lambda c: c.allowed_images == ["python", "node"],
+        ),
         ({"SANDKASTEN_ALLOWED_IMAGES": '["a"]'}, lambda c: c.allowed_images == ["a"]),
-        ({"SANDKASTEN_POOL__ENABLED": "true", "SANDKASTEN_POOL__IMAGES": '{"python": 3}'},
-         lambda c: c.pool.enabled and c.pool.images == {"python": 3}),
-        ({"SANDKASTEN_WORKSPACE__PERSIST_BY_DEFAULT": "1"},
-         lambda c: c.workspace.persist_by_default),
+        (
+            {"SANDKASTEN_POOL__ENABLED": "true", "SANDKASTEN_POOL__IMAGES": '{"python": 3}'},
+            lambda c: c.pool.enabled and c.pool.images == {"python": 3},
+        ),
+        (
+            {"SANDKASTEN_WORKSPACE__PERSIST_BY_DEFAULT": "1"},
+            lambda c: c.workspace.persist_by_default,
+        ),
         ({"SANDKASTEN_DB_PATH": "/x/state.db"}, lambda c: c.database_path == Path("/x/state.db")),
         ({"SANDKASTEN_SESSION_TTL_SECONDS": "60"}, lambda c: c.session_ttl_seconds == 60),
-        ({"SANDKASTEN_REGISTRY_MIRRORS": '{"docker.io": ["http://m:5000"]}'},
-         lambda c: c.registry_mirrors == {"docker.io": ["http://m:5000"]}),
+        (
+            {"SANDKASTEN_REGISTRY_MIRRORS": '{"docker.io": ["http://m:5000"]}'},
+            lambda c: c.registry_mirrors == {"docker.io": ["http://m:5000"]},
+        ),
         ({"SANDKASTEN_URL": "http://elsewhere"}, lambda c: c.api_key == "sk-sandbox-test"),
     ],
 )
@@ -92,14 +102,19 @@ def test_config_env_variable_names_the_file(seed: Path) -> None:
         ("defaults:\n  network_mode: bridge\n", {}, "'defaults.network_mode'", "'none'"),
         ("defaults:\n  cpu_limit: 0\n", {}, "'defaults.cpu_limit'", "greater than 0"),
         ("pool:\n  images: {python: 1000}\n", {}, "'pool.images'", "between 0 and 256"),
-        ("", {"SANDKASTEN_DEFAULTS__PIDS_LIMIT": "x"}, "'defaults.pids_limit'",
-         "SANDKASTEN_DEFAULTS__PIDS_LIMIT"),
+        (
+            "",
+            {"SANDKASTEN_DEFAULTS__PIDS_LIMIT": "x"},
+            "'defaults.pids_limit'",
+            "SANDKASTEN_DEFAULTS__PIDS_LIMIT",
+        ),
         ("", {"SANDKASTEN_DEFAULTS__NOPE": "1"}, "'defaults.nope'", "unknown key"),
         ("", {"SANDKASTEN_SESSION_TTL_SECONDS": "-5"}, "'session_ttl_seconds'", "greater"),
     ],
 )
-def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str,
-                                 origin: str) -> None:
+def test_bad_values_name_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], key: str, origin: str
+) -> None:
     p = tmp_path / "sandkasten.yaml"
     p.write_text(text)
     with pytest.raises(ConfigError) as ei:
@@ -125,7 +140,9 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", {})
 
 
-def test_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_data_dir_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     c = load_config(None, {"SANDKASTEN_DATA_DIR": "data"})
     assert c.data_dir == tmp_path / "data"
@@ -133,9 +150,14 @@ def test_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.
 
 @pytest.mark.parametrize(
     ("listen", "host", "port", "loopback"),
-    [("127.0.0.1:8080", "127.0.0.1", 8080, True), ("localhost:1", "localhost", 1, True),
-     ("[::1]:80", "::1", 80, True), (":8080", "0.0.0.0", 8080, False),
-     ("10.0.0.1:5", "10.0.0.1", 5, False), ("127.0.0.1:0", "127.0.0.1", 0, True)],
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080, True),
+        ("localhost:1", "localhost", 1, True),
+        ("[::1]:80", "::1", 80, True),
+        (":8080", "0.0.0.0", 8080, False),
+        ("10.0.0.1:5", "10.0.0.1", 5, False),
+        ("127.0.0.1:0", "127.0.0.1", 0, True),
+    ],
 )
 def test_listen_forms(listen: str, host: str, port: int, loopback: bool) -> None:
     c = load_config(None, {"SANDKASTEN_LISTEN": listen})
