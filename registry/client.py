@@ -15,7 +15,8 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,6 @@ __all__ = ["RegistryClient", "RegistryConfig", "ResolvedImage"]
 
 MAX_MANIFEST_SIZE = 4 << 20
 MAX_CONFIG_SIZE = 64 << 20
-CHUNK = 1 << 20
 
 
 def sha256_digest(data: bytes) -> str:
@@ -76,9 +76,15 @@ class ResolvedImage:
 class RegistryClient:
     """A client for OCI distribution registries. Use as a context manager."""
 
-    def __init__(self, config: RegistryConfig | None = None, **kwargs: Any) -> None:
-        self.config = config or RegistryConfig(**kwargs)
-        self.transport = Transport(self.config)
+    def __init__(
+        self,
+        config: RegistryConfig | None = None,
+        *,
+        http_transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config or RegistryConfig()
+        self.transport = Transport(self.config, sleep=sleep, http_transport=http_transport)
         self._endpoint_for: dict[str, str] = {}
 
     def __enter__(self) -> RegistryClient:
@@ -232,7 +238,7 @@ class RegistryClient:
                     raise UnreachableError(
                         f"registry {host} answered a Range request for {what} wrongly"
                     )
-                for chunk in resp.iter_raw(CHUNK):
+                for chunk in resp.iter_raw():  # no re-chunking: a drop loses nothing buffered
                     if skip:
                         cut = min(skip, len(chunk))
                         chunk, skip = chunk[cut:], skip - cut

@@ -130,17 +130,26 @@ class Transport:
     costs a request but never sends a wrong credential.
     """
 
-    def __init__(self, config: RegistryConfig, *, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        config: RegistryConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        http_transport: httpx.BaseTransport | None = None,
+    ):
+        """``http_transport`` replaces the network (``httpx.MockTransport`` in unit tests)."""
         self.config = config
         self._sleep = sleep
         timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
         headers = {"User-Agent": USER_AGENT}
         self._http = httpx.Client(
-            timeout=timeout, limits=limits, headers=headers, verify=config.verify_tls
+            timeout=timeout, limits=limits, headers=headers, verify=config.verify_tls,
+            transport=http_transport,
         )
         self._http_noverify = httpx.Client(
-            timeout=timeout, limits=limits, headers=headers, verify=False  # noqa: S501
+            timeout=timeout, limits=limits, headers=headers, verify=False,  # noqa: S501
+            transport=http_transport,
         )
         self._insecure = {host_of(h) for h in config.insecure_registries}
         self._bases: dict[str, str] = {}
