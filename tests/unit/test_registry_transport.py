@@ -100,7 +100,7 @@ def test_anonymous_bearer_token_cached_per_scope():
         assert b"".join(rc.stream_blob(REF, DESC)) == BLOB
         assert b"".join(rc.stream_blob(REF, DESC)) == BLOB
     assert len(issued) == 1, "the token is fetched once and reused"
-    tok, params, authz = issued[0]
+    _tok, params, authz = issued[0]
     assert params == {"scope": "repository:team/app:pull", "service": "reg"}
     assert authz is None, "anonymous token request"
     assert all(r.url.scheme == "https" for r in srv.requests)
@@ -135,7 +135,7 @@ def test_refused_token_names_registry():
 
 def test_token_never_accepted_is_auth_error():
     handler, _ = bearer_registry(set())
-    with Server(handler).client() as rc, pytest.raises(AuthError, match="reg.example"):
+    with Server(handler).client() as rc, pytest.raises(AuthError, match=r"reg\.example"):
         b"".join(rc.stream_blob(REF, DESC))
 
 
@@ -327,9 +327,9 @@ def test_mirror_first_then_fallback():
         return httpx.Response(404 if req.url.path != "/v2/" else 200)
 
     srv = Server(handler)
-    with srv.client(registry_mirrors=["https://mirror.example/"], max_attempts=1) as rc:
-        with pytest.raises(NotFoundError, match="registry-1.docker.io"):
-            rc.resolve("python:3")
+    with srv.client(registry_mirrors=["https://mirror.example/"], max_attempts=1) as rc, \
+            pytest.raises(NotFoundError, match=r"registry-1\.docker\.io"):
+        rc.resolve("python:3")
     hosts = [h for h, _ in srv.paths()]
     assert hosts[0] == "mirror.example" and hosts[-1] == "registry-1.docker.io"
 
