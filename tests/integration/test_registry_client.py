@@ -32,7 +32,8 @@ def cfg(tmp_path, **kw):
 
 @pytest.fixture(scope="module")
 def multiarch(registry: LocalRegistry):
-    amd = push_image(registry, "client/multi", None, [[directory("etc"), file("etc/arch", b"amd64")]])
+    amd = push_image(registry, "client/multi", None,
+                     [[directory("etc"), file("etc/arch", b"amd64")]])
     arm = push_image(registry, "client/multi", None, [[file("arch", b"arm64")]], arch="arm64",
                      variant="v8")
     armv7 = push_image(registry, "client/multi", None, [[file("arch", b"armv7")]], arch="arm",
