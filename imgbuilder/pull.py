@@ -185,19 +185,25 @@ class _BlobSource(io.RawIOBase):
         return n
 
     def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, fewer only at EOF (format sniffing needs whole headers)."""
         if size is None or size < 0:
             return self.readall()
-        if not self._buf:
-            if self._eof:
-                return b""
-            data = self._next()
-            if data is None:
-                self._eof = True
-                return b""
-            self._buf = memoryview(data)
-        out = bytes(self._buf[:size])
-        self._buf = self._buf[len(out) :]
-        return out
+        parts: list[bytes] = []
+        need = size
+        while need > 0:
+            if not self._buf:
+                if self._eof:
+                    break
+                data = self._next()
+                if data is None:
+                    self._eof = True
+                    break
+                self._buf = memoryview(data)
+            piece = self._buf[:need]
+            parts.append(bytes(piece))
+            self._buf = self._buf[len(piece) :]
+            need -= len(piece)
+        return b"".join(parts)
 
     def drain(self) -> None:
         while self.read(READ_SIZE):
@@ -372,10 +378,17 @@ class _LayerJob:
         store, desc = self.store, self.desc
         tmpdir = store.new_layer_tmpdir()
         try:
+            stream: Any = None
             try:
-                tar = _DiffIdReader(open_decompressed(source, desc.media_type))
+                stream = open_decompressed(source, desc.media_type)
+                # The decompressor may hash what it delivers (one pass less over the
+                # uncompressed bytes); otherwise hash here.
+                own_hash = not callable(getattr(stream, "diff_id", None))
+                tar: Any = _DiffIdReader(stream) if own_hash else stream
                 stats = extract_layer(tar, tmpdir)
-                tar.drain()  # the end-of-archive padding belongs to the diff_id too
+                while tar.read(READ_SIZE):  # end-of-archive padding belongs to the diff_id
+                    pass
+                diff_id = tar.digest if own_hash else stream.diff_id()
             except (RegistryError, _Cancelled, OSError):
                 raise
             except Exception:
@@ -388,13 +401,16 @@ class _LayerJob:
                     finally:
                         partial.unlink(missing_ok=True)
                 raise
+            finally:
+                if stream is not None:
+                    stream.close()  # stops a decompressor thread before we touch source
             source.drain()  # EOF of the blob: stream_blob has now checked size and sha256
-            if tar.digest != self.diff_id:
+            if diff_id != self.diff_id:
                 if partial is not None:
                     partial.unlink(missing_ok=True)
                 raise DigestMismatchError(
                     f"layer {desc.digest[:19]} of {self.ref.name}: uncompressed content "
-                    f"{tar.digest[:19]} does not match the config's diff_id {self.diff_id[:19]}",
+                    f"{diff_id[:19]} does not match the config's diff_id {self.diff_id[:19]}",
                     hint="the image is corrupt on the registry; nothing was stored",
                 )
             if partial is not None:
@@ -404,7 +420,7 @@ class _LayerJob:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         size = getattr(stats, "unpacked_size", None) or getattr(stats, "bytes", None)
-        self.unpacked_size = int(size) if size is not None else tar.size
+        self.unpacked_size = int(size) if size is not None else None
         self.emit(PullEvent("layer_done", desc.digest, desc.size, desc.size))
 
 
