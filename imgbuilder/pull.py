@@ -36,7 +36,6 @@ import hashlib
 import io
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -48,7 +47,7 @@ from typing import Any
 from imgbuilder.compression import open_decompressed
 from imgbuilder.errors import ImageError, StoreError
 from imgbuilder.extract import extract_layer
-from imgbuilder.fscheck import check_data_dir
+from imgbuilder.fscheck import check_layer_filesystem
 from imgbuilder.images import ImageRecord, LayerRecord
 from imgbuilder.store import Store
 from registry.client import RegistryClient, RegistryConfig, ResolvedImage
@@ -417,7 +416,7 @@ class _LayerJob:
                 store.commit_blob(partial, desc.digest)
             store.commit_layer(tmpdir, self.diff_id)
         except BaseException:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            store.discard_layer_tmpdir(tmpdir)
             raise
         size = getattr(stats, "unpacked_size", None) or getattr(stats, "bytes", None)
         self.unpacked_size = int(size) if size is not None else None
@@ -516,7 +515,7 @@ def pull_image(
     reference = parse_reference(ref) if isinstance(ref, str) else ref
     name = name or reference.last_component
     emit: ProgressFn = progress or (lambda _e: None)
-    check_data_dir(store)
+    check_layer_filesystem(store.layers_dir)
     own_client = client is None
     rc = client or RegistryClient(registry_settings or RegistryConfig())
     try:

@@ -11,24 +11,17 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from imgbuilder.errors import ImageError
+from imgbuilder.cli_common import ConfigOption, DataDirOption, fail, open_store, reported_errors
 from imgbuilder.pull import PullEvent, pull_image
+from imgbuilder.settings import load_registry_settings
 from registry.auth import Credentials
 from registry.errors import RegistryError
 from registry.reference import parse_reference
 from registry.transport import RegistryConfig
-
-
-def _fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    if hint:
-        typer.echo(f"hint: {hint}", err=True)
-    return typer.Exit(code)
 
 
 def _human(n: float) -> str:
@@ -121,12 +114,8 @@ def pull_command(
     platform: Annotated[
         str | None, typer.Option("--platform", help="os/arch[/variant], e.g. linux/arm64.")
     ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Data directory (/var/lib/sandkasten).")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Config file (sandkasten.yaml).")
-    ] = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     flatten: Annotated[
         bool, typer.Option("--flatten", help="Store the image as one flattened layer.")
@@ -139,43 +128,49 @@ def pull_command(
     ] = False,
 ) -> None:
     """Pull an image from a registry into the local store."""
-    from imgbuilder.settings import load_registry_settings, resolve_data_dir
-    from imgbuilder.store import Store
+    with reported_errors():
+        try:
+            _pull(ref, name, platform, data_dir, config, quiet, flatten, username,
+                  password_stdin)
+        except RegistryError as e:
+            fail(e.message, e.hint)
+        except KeyboardInterrupt:
+            fail("interrupted; downloaded bytes are kept, pull again to resume", code=130)
 
-    try:
-        reference = parse_reference(ref)
-        if password_stdin and not username:
-            raise _fail("--password-stdin needs --username")
-        if username and not password_stdin:
-            raise _fail("--username needs --password-stdin (no passwords on the command line)")
-        creds: dict[str, Credentials] = {}
-        if username:
-            password = sys.stdin.readline().rstrip("\r\n")
-            if not password:
-                raise _fail("--password-stdin: no password on stdin")
-            creds[reference.registry] = Credentials(username, password)
-        directory = resolve_data_dir(data_dir, config)
-        insecure, mirrors = load_registry_settings(config)
-        settings = RegistryConfig(
-            insecure_registries=list(insecure), registry_mirrors=list(mirrors), credentials=creds
-        )
-        store = Store(directory)
-    except (RegistryError, ImageError) as e:
-        raise _fail(e.message, e.hint) from None
 
+def _pull(
+    ref: str,
+    name: str | None,
+    platform: str | None,
+    data_dir: str | None,
+    config: str | None,
+    quiet: bool,
+    flatten: bool,
+    username: str | None,
+    password_stdin: bool,
+) -> None:
+    reference = parse_reference(ref)
+    if password_stdin and not username:
+        fail("--password-stdin needs --username")
+    if username and not password_stdin:
+        fail("--username needs --password-stdin (no passwords on the command line)")
+    creds: dict[str, Credentials] = {}
+    if username:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            fail("--password-stdin: no password on stdin")
+        creds[reference.registry] = Credentials(username, password)
+    insecure, mirrors = load_registry_settings(config)
+    settings = RegistryConfig(
+        insecure_registries=list(insecure), registry_mirrors=list(mirrors), credentials=creds
+    )
+    store = open_store(data_dir, config)
     show: _PlainProgress | _RichProgress | None = None
     if not quiet:
         show = _RichProgress() if sys.stderr.isatty() else _PlainProgress()
     try:
         rec = pull_image(store, reference, name=name, platform=platform, flatten=flatten,
                          registry_settings=settings, progress=show)
-    except (RegistryError, ImageError) as e:
-        raise _fail(e.message, e.hint) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; downloaded bytes are kept, pull again to resume",
-                    code=130) from None
-    except OSError as e:
-        raise _fail(f"{e.strerror or e} ({e.filename or directory})") from None
     finally:
         if show is not None:
             show.close()

@@ -2,7 +2,8 @@
 
 ``FaultProxy(upstream_port, digest, cut_after=N)`` closes the connection after N bytes of
 the response to a ``GET .../blobs/<digest>`` (the first ``times`` such requests);
-``flip_at=K`` flips one byte at offset K of that response's body. Everything else passes
+``flip_at=K`` flips one byte at offset K of that response's body; ``delay=S`` sleeps S
+seconds per 64 KiB forwarded of such a response (a slow link). Everything else passes
 through unchanged. Real sockets, real HTTP: the client under test cannot tell it apart
 from a registry whose connection dropped or whose storage returned bad bytes.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class FaultProxy:
@@ -23,10 +25,12 @@ class FaultProxy:
         cut_after: int | None = None,
         flip_at: int | None = None,
         times: int = 1,
+        delay: float = 0.0,
     ) -> None:
         self.upstream_port = upstream_port
         self.needle = f"/blobs/{digest}".encode()
         self.cut_after, self.flip_at, self.times = cut_after, flip_at, times
+        self.delay = delay
         self.faults = 0
         self.blob_requests: list[bytes] = []
         self._lock = threading.Lock()
@@ -99,6 +103,8 @@ class FaultProxy:
     def _responses(self, client: socket.socket, upstream: socket.socket, state: dict) -> None:
         try:
             while data := upstream.recv(65536):
+                if state["armed"] and self.delay:
+                    time.sleep(self.delay)
                 if state["armed"]:
                     data = self._fault(data, state)
                     if data is None:
