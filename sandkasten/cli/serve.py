@@ -36,8 +36,19 @@ STATE_FILE = "daemon.json"
 LOG_FILE = "sandkasten.log"
 
 # Filesystems that cannot hold overlayfs upper/work directories (WSL's Windows drives).
-_NO_OVERLAY_FS = {"9p", "v9fs", "drvfs", "ntfs", "ntfs3", "fuseblk", "vfat", "exfat", "cifs",
-                  "smb3", "smbfs"}
+_NO_OVERLAY_FS = {
+    "9p",
+    "v9fs",
+    "drvfs",
+    "ntfs",
+    "ntfs3",
+    "fuseblk",
+    "vfat",
+    "exfat",
+    "cifs",
+    "smb3",
+    "smbfs",
+}
 
 
 def setup_logging(level: str) -> None:
@@ -75,8 +86,7 @@ def preflight(config: Config) -> None:
     if not config.api_key and not config.is_loopback():
         raise ConfigError(
             f"refusing to listen on {config.listen} without an api_key",
-            hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), or listen on "
-            "127.0.0.1",
+            hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), or listen on 127.0.0.1",
         )
     for sub in ("images", "layers", "sessions", "workspaces", "run"):
         try:
@@ -168,8 +178,10 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             return
         url = f"http://{self.addr}/v1"
-        write_state(self.state_path, {"pid": os.getpid(), "listen": self.addr, "url": url,
-                                      "started_at": time.time()})
+        write_state(
+            self.state_path,
+            {"pid": os.getpid(), "listen": self.addr, "url": url, "started_at": time.time()},
+        )
         log.info("listening addr=%s", self.addr)
         print(f"\n  sandkasten daemon ready\n  API:       {url}\n", flush=True)
 
@@ -198,9 +210,16 @@ def serve(config: Config) -> int:
         _warn_missing_default_image(config)
         app = create_app(config, runtime)
         server = _Server(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                           timeout_graceful_shutdown=10, server_header=False),
-            _addr(sock), state_path,
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+                server_header=False,
+            ),
+            _addr(sock),
+            state_path,
         )
         # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal under the
         # handlers it found: make those no-ops so the clean-up below always runs.

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from sandkasten.api.deps import Manager, require_api_key
-from sandkasten.api.errors import NOT_FOUND, Responses, responses
+from sandkasten.api.errors import CONFLICT, NOT_FOUND, Responses, responses
 from sandkasten.api.models import ExecOut, ExecRequest, SplitExecOut, sse_schema
 from sandkasten.errors import SandkastenError, ValidationError, with_code
 from sandkasten.runtime.base import ExecChunk, ExecResult
@@ -41,7 +41,7 @@ def _check(body: ExecRequest, m: SessionManager) -> int:
     response_model=ExecOut | SplitExecOut,
     response_model_exclude_none=True,
     summary="Run a command and wait for it",
-    responses=responses(NOT_FOUND),
+    responses=responses(NOT_FOUND, CONFLICT),
 )
 async def exec_command(m: Manager, session_id: str, body: ExecRequest) -> ExecOut | SplitExecOut:
     sandbox = m.sandbox(session_id)
