@@ -28,8 +28,10 @@ from sandkasten.cli.serve import LOG_FILE, STATE_FILE, preflight
 from sandkasten.config import CONFIG_ENV, Config, load_config
 from sandkasten.errors import SandkastenError
 
+# A plain string, not a click Path: a file only root may read must reach load_config,
+# which answers with "permission denied … run it with sudo" instead of a usage error.
 ConfigOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--config",
         "-c",
@@ -46,23 +48,23 @@ def fail(message: str, hint: str | None = None) -> typer.Exit:
     return typer.Exit(1)
 
 
-def config_path(opt: Path | None) -> Path | None:
+def config_path(opt: str | Path | None) -> Path | None:
     if opt is not None:
-        return opt
+        return Path(opt)
     if os.environ.get(CONFIG_ENV):
         return Path(os.environ[CONFIG_ENV])
     local = Path("sandkasten.yaml")
     return local if local.is_file() else None
 
 
-def _load(opt: Path | None) -> Config:
+def _load(opt: str | Path | None) -> Config:
     try:
         return load_config(config_path(opt))
     except SandkastenError as e:
         raise fail(e.message, e.hint) from None
 
 
-def run_foreground(config_opt: Path | None) -> None:
+def run_foreground(config_opt: str | Path | None) -> None:
     from sandkasten.cli.serve import serve
 
     config = _load(config_opt)
@@ -82,8 +84,9 @@ def root(ctx: typer.Context, config: ConfigOpt = None) -> None:
         run_foreground(config)
 
 
-def _cfg(ctx: typer.Context, config: Path | None) -> Path | None:
-    return config or (ctx.obj or {}).get("config")
+def _cfg(ctx: typer.Context, config: str | None) -> Path | None:
+    chosen = config or (ctx.obj or {}).get("config")
+    return Path(chosen) if chosen else None
 
 
 def daemon(

@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -76,6 +77,12 @@ def fs_type(path: Path) -> str:
     return kind
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def preflight(config: Config) -> None:
     """Every check a new user's first start can fail, each with the seed's answer."""
     if os.geteuid() != 0:
@@ -88,6 +95,15 @@ def preflight(config: Config) -> None:
             f"refusing to listen on {config.listen} without an api_key",
             hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), or listen on 127.0.0.1",
         )
+    # Before creating anything: a data_dir on a Windows drive must not be touched.
+    kind = fs_type(_existing_ancestor(config.data_dir))
+    windows_drive = re.match(r"^/mnt/[a-zA-Z](/|$)", str(config.data_dir)) is not None
+    if kind in _NO_OVERLAY_FS or windows_drive:
+        raise RuntimeSetupError(
+            f"overlayfs: upper fs does not support xattrs: data_dir {config.data_dir} is on "
+            f"{kind if kind in _NO_OVERLAY_FS else 'a Windows drive (WSL)'}",
+            hint='put data_dir on the Linux filesystem, e.g. data_dir: "/var/lib/sandkasten"',
+        )
     for sub in ("images", "layers", "sessions", "workspaces", "run"):
         try:
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -97,13 +113,6 @@ def preflight(config: Config) -> None:
                 hint="check data_dir in sandkasten.yaml; it must be writable by root",
             ) from None
     os.chmod(config.run_dir, 0o700)
-    kind = fs_type(config.data_dir)
-    if kind in _NO_OVERLAY_FS or str(config.data_dir).startswith("/mnt/"):
-        raise RuntimeSetupError(
-            f"overlayfs: upper fs does not support xattrs: data_dir {config.data_dir} is on "
-            f"{kind or 'a Windows drive'}",
-            hint='put data_dir on the Linux filesystem, e.g. data_dir: "/var/lib/sandkasten"',
-        )
 
 
 class PidLock:
