@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.daemon import API_KEY, clone_store, cleanup_data_dir, image_store
+from tests.support.daemon import API_KEY, cleanup_data_dir, clone_store, image_store
 
 __all__ = ["image_store"]
 
