@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -41,30 +42,42 @@ def test_memory_below_limit_is_fine(cgroup_manager: CgroupManager) -> None:
 
 def test_pids_limit_contains_fork_bomb(cgroup_manager: CgroupManager) -> None:
     cg = cgroup_manager.create(PREFIX + "pids", CgroupLimits(pids=16, cpu=0.5))
-    # A real shell fork bomb, slowed by the cpu limit, for at most a second.
-    p = subprocess.Popen(["sh", "-c", "read x; b() { b | b & }; b"], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A process of the sandbox that existed before the bomb must keep answering.
+    responder = subprocess.Popen(
+        [sys.executable, "-u", "-c", "import sys\nfor line in sys.stdin: print('pong')"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # A real shell fork bomb, slowed by the cpu limit, for about a second.
+    bomb = subprocess.Popen(["sh", "-c", "read x; b() { b | b & }; b"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        cg.add_process(p.pid)
-        assert p.stdin is not None
-        p.stdin.write(b"go\n")
-        p.stdin.close()
+        cg.add_process(responder.pid)
+        cg.add_process(bomb.pid)
+        assert bomb.stdin is not None and responder.stdin and responder.stdout
+        bomb.stdin.write(b"go\n")
+        bomb.stdin.close()
         peak = 0
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             peak = max(peak, cg.stats().pids)
             time.sleep(0.05)
         assert 8 <= peak <= 16
-        # The host is unaffected: we can still fork.
-        assert subprocess.run(["true"]).returncode == 0
+        responder.stdin.write("ping\n")
+        responder.stdin.flush()
+        assert responder.stdout.readline() == "pong\n"
+        assert subprocess.run(["true"]).returncode == 0  # the host can still fork
         cg.kill_all(timeout=10)
         assert cg.procs() == []
-        p.wait(timeout=5)
+        bomb.wait(timeout=5)
+        responder.wait(timeout=5)
         # pids.current drops once the killed tasks are released (reaped).
         assert wait_until(lambda: cg.stats().pids == 0, 10), cg.stats()
     finally:
-        p.kill()
-        p.wait()
+        for p in (bomb, responder):
+            p.kill()
+            p.wait()
+        for f in (responder.stdin, responder.stdout):
+            if f:
+                f.close()
     cg.remove()
 
 
