@@ -160,16 +160,16 @@ def test_kill_all_and_remove_leave_nothing(cgroup_manager: CgroupManager) -> Non
         p.wait(timeout=5)
         for pid in pids:  # reparented sleepers are gone too (or zombies awaiting init)
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    assert f.read().rsplit(")", 1)[1].split()[0] == "Z"
+                with open(f"/proc/{pid}/stat") as stat:
+                    assert stat.read().rsplit(")", 1)[1].split()[0] == "Z"
             except FileNotFoundError:
                 pass
     finally:
         p.kill()
         p.wait()
-        for f in (p.stdin, p.stdout):
-            if f:
-                f.close()
+        for pipe in (p.stdin, p.stdout):
+            if pipe:
+                pipe.close()
     cg.remove()
     assert name not in cgroup_manager.list() and cgroup_manager.open(name) is None
     for d in getattr(cg, "dirs", {}).values():
