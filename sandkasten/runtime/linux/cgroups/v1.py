@@ -81,7 +81,7 @@ class V1Cgroup(Cgroup):
         Fast path: a single-threaded process moving itself writes "0" to ``tasks``. Moving a
         whole thread group (``cgroup.procs``) takes the kernel's global
         cgroup_threadgroup_rwsem for writing, which waits for an RCU grace period (10-20 ms
-        here); moving the current thread alone does not need it (kernels since 2022), and for a
+        here); moving the calling thread alone does not take it (measured on 6.18), and for a
         single-threaded process the thread is the process.
         """
         target, value = "cgroup.procs", str(pid)
