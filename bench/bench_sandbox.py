@@ -12,7 +12,8 @@ run the same command, ``python3 -c 'print(2+2)'``. Measured:
 - exec round trip: ``echo`` in a live sandbox (sandkasten ``exec``; crun ``crun exec``);
 - unique memory per idle session: PSS (``/proc/<pid>/smaps_rollup``) summed over every
   process of the session, divided by the number of sessions, with 1 and N sessions alive
-  (bwrap and crun idle sessions are a shell waiting on stdin).
+  (bwrap and crun idle sessions are a shell waiting on stdin); USS (private pages, what
+  ending the session frees) next to it.
 
 crun refuses this machine's hybrid cgroup layout as it stands, so the whole benchmark runs
 in a private mount namespace with /sys/fs/cgroup/unified unmounted (nothing changes on the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -40,9 +42,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sandkasten_driver
+from bench.procs import memory_kib, tree
 from tests.support.rootfs import debian_python_tar
 
 CMD = ["python3", "-c", "print(2+2)"]
+CRUN_CGROUP_PARENT = "sk-bench-crun"
 LIMITS: dict[str, float] = {"cpu": 1.0, "memory_mb": 512, "pids": 256}
 MEM_BYTES = 512 << 20
 Ms = list[float]
@@ -92,36 +96,9 @@ def machine_facts() -> dict[str, str]:
 
 # -- measurement helpers --------------------------------------------------------------------
 
-def pss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
+def per_session(mem: list[tuple[int, int]]) -> tuple[float, float]:
+    """Mean (PSS, USS) KiB per session."""
+    return sum(m[0] for m in mem) / len(mem), sum(m[1] for m in mem) / len(mem)
 
 
 def pct(xs: Ms, q: float) -> float:
@@ -160,11 +137,11 @@ class Bwrap:
     async def cold(self, runs: int, conc: int) -> Ms:
         return await batches(lambda: timed_proc([*self.base, *CMD]), runs, conc)
 
-    def idle(self, n: int) -> float:
+    def idle(self, n: int) -> tuple[float, float]:
         procs = [subprocess.Popen([*self.base, "sh"], stdin=subprocess.PIPE) for _ in range(n)]
         try:
             time.sleep(0.5 + n * 0.02)
-            return sum(pss_kib(tree(p.pid)) for p in procs) / n
+            return per_session([memory_kib(tree(p.pid)) for p in procs])
         finally:
             for p in procs:
                 p.kill()
@@ -200,7 +177,7 @@ class Crun:
         b.mkdir()
         cfg = json.loads(json.dumps(self.config))
         cfg["process"]["args"] = args
-        cfg["linux"]["cgroupsPath"] = f"/sk-bench/{cid}"
+        cfg["linux"]["cgroupsPath"] = f"/{CRUN_CGROUP_PARENT}/{cid}"
         (b / "config.json").write_text(json.dumps(cfg))
         return cid, b
 
@@ -217,7 +194,7 @@ class Crun:
 
         return await batches(one, runs, conc)
 
-    def idle(self, n: int) -> float:
+    def idle(self, n: int) -> tuple[float, float]:
         procs = []
         for _ in range(n):
             cid, b = self.bundle(["sh"])
@@ -225,7 +202,7 @@ class Crun:
                                           stdin=subprocess.PIPE))
         try:
             time.sleep(0.5 + n * 0.02)
-            return sum(pss_kib(tree(p.pid)) for p in procs) / n
+            return per_session([memory_kib(tree(p.pid)) for p in procs])
         finally:
             for p in procs:
                 assert p.stdin is not None
@@ -249,6 +226,10 @@ class Crun:
         for cid in os.listdir(self.state) if self.state.exists() else []:
             subprocess.run(self.crun("delete", "--force", cid), check=False,
                            capture_output=True)
+        # crun removes each container's cgroup, not the parent it created in every hierarchy
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{CRUN_CGROUP_PARENT}"):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -256,7 +237,8 @@ class Crun:
 def fmt_ms(xs: Ms | None) -> str:
     if not xs:
         return "n/a"
-    return f"{pct(xs, 0.5):.1f} / {pct(xs, 0.9):.1f}"
+    digits = 3 if pct(xs, 0.9) < 1 else 1
+    return f"{pct(xs, 0.5):.{digits}f} / {pct(xs, 0.9):.{digits}f}"
 
 
 def fmt_kib(k: float | None) -> str:
@@ -276,9 +258,40 @@ def table(results: dict[str, dict[str, object]], concs: list[int], runs: int) ->
     for c in concs:
         rows.append((f"unique memory per idle session, {c} alive (PSS)",
                      [fmt_kib(results[t].get(f"idle{c}")) for t in tools]))  # type: ignore[arg-type]
+        rows.append((f"private memory per idle session, {c} alive (USS)",
+                     [fmt_kib(results[t].get(f"uss{c}")) for t in tools]))  # type: ignore[arg-type]
     out = ["| measure | " + " | ".join(tools) + " |", "|---|" + "---|" * len(tools)]
     out += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     return "\n".join(out)
+
+
+def targets(results: dict[str, dict[str, object]], concs: list[int]) -> list[str]:
+    """The issue's targets, checked against this run's figures."""
+    sk, bw = results["sandkasten"], results["bwrap"]
+    out = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for c in concs:
+        a, b = sk.get(f"cold{c}"), bw.get(f"cold{c}")
+        if a and b:
+            r = pct(a, 0.5) / pct(b, 0.5)  # type: ignore[arg-type]
+            out.append(f"cold create + first exec p50 within 1.5x of bwrap ({c} at a time): "
+                       f"{r:.2f}x, {verdict(r <= 1.5)}")
+    if sk.get("pooled"):
+        v = pct(sk["pooled"], 0.5)  # type: ignore[arg-type]
+        out.append(f"pooled create p50 < 2 ms: {v:.3f} ms, {verdict(v < 2)}")
+    if sk.get("exec"):
+        v = pct(sk["exec"], 0.5)  # type: ignore[arg-type]
+        out.append(f"exec round trip p50 < 2 ms: {v:.2f} ms, {verdict(v < 2)}")
+    for c in concs:
+        k = sk.get(f"idle{c}")
+        if k is not None:
+            mib = float(k) / 1024  # type: ignore[arg-type]
+            out.append(f"idle session < 8 MiB PSS ({c} alive): {mib:.2f} MiB, "
+                       f"{verdict(mib < 8)}")
+    return out
 
 
 def write_docs(path: Path, facts: dict[str, str], tbl: str, notes: list[str],
@@ -290,7 +303,9 @@ def write_docs(path: Path, facts: dict[str, str], tbl: str, notes: list[str],
         f"({runs} samples per figure; `python3 -c 'print(2+2)'` in the same Debian bookworm "
         "rootfs for all three; limits 1 cpu, 512 MiB, 256 pids).", "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".", "",
-        tbl, "", *[f"- {n}" for n in notes], end])
+        tbl, "", *[f"- {n}" for n in notes],
+        "- The machine is shared with other work: figures move between runs, so compare the "
+        "columns of one run rather than runs with each other.", end])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:
         text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
@@ -319,27 +334,49 @@ async def main() -> int:
         work = Path(tmp)
         rootfs = extract_rootfs(work)
         bw, cr = Bwrap(rootfs), Crun(rootfs, work)
+        sk: sandkasten_driver.Sandkasten | None = None
+        if "sandkasten" in only:
+            try:
+                sk = sandkasten_driver.Sandkasten(rootfs, work / "sandkasten", LIMITS, CMD)
+            except ImportError as e:
+                notes.append(f"sandkasten: LinuxRuntime is not available in this tree ({e})")
         try:
+            # Warm the page cache and each tool once, then measure the tools one after the
+            # other per concurrency level, so a change in the machine's load hits all three.
+            await bw.cold(3, 1)
+            if sk:
+                await sk.cold(2, 1)
             for c in concs:
                 runs = max(args.runs, c)
                 if "bwrap" in only:
-                    await bw.cold(3, 1)  # warm the page cache for everyone
                     results["bwrap"][f"cold{c}"] = await bw.cold(runs, c)
-                    results["bwrap"][f"idle{c}"] = bw.idle(c)
                 if "crun" in only:
                     results["crun"][f"cold{c}"] = await cr.cold(runs, c)
-                    results["crun"][f"idle{c}"] = cr.idle(c)
-                print(f"bwrap/crun done for concurrency {c}", file=sys.stderr)
+                if sk:
+                    results["sandkasten"][f"cold{c}"] = await sk.cold(runs, c)
+                if "bwrap" in only:
+                    results["bwrap"][f"idle{c}"], results["bwrap"][f"uss{c}"] = bw.idle(c)
+                if "crun" in only:
+                    results["crun"][f"idle{c}"], results["crun"][f"uss{c}"] = cr.idle(c)
+                if sk:
+                    pss, uss, rtt = await sk.idle_and_exec(
+                        c, max(args.runs, 100) if c == concs[0] else 0)
+                    results["sandkasten"][f"idle{c}"] = pss
+                    results["sandkasten"][f"uss{c}"] = uss
+                    if rtt:
+                        results["sandkasten"]["exec"] = rtt
+                print(f"concurrency {c} done", file=sys.stderr)
             if "crun" in only:
-                results["crun"]["exec"] = await cr.exec_rtt(args.runs)
-            if "sandkasten" in only:
-                sk = await sandkasten_driver.run(rootfs, work / "sandkasten", concs, args.runs,
-                                                 LIMITS, CMD)
-                results["sandkasten"].update(sk.results)
-                notes += sk.notes
+                results["crun"]["exec"] = await cr.exec_rtt(max(args.runs, 100))
+            if sk:
+                results["sandkasten"]["pooled"] = await sk.pooled(args.runs)
         finally:
             cr.cleanup()
+            if sk:
+                sk.close()
+                notes += sk.notes
     tbl = table(results, concs, args.runs)
+    notes = [f"Target: {t}" for t in targets(results, concs)] + notes
     print("\n" + "\n".join(f"{k}: {v}" for k, v in facts.items()) + "\n")
     print(tbl)
     for n in notes:
