@@ -295,3 +295,18 @@ def test_allow_unlimited_without_any_hierarchy(fake: FakeCgroupFS) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_allow_unlimited_uses_the_v1_controllers_that_exist(fake: FakeCgroupFS) -> None:
+    psc = fake.make_v1(["memory", "cpu", "freezer"], unified=["hugetlb"])
+    mgr = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=psc, allow_unlimited=True)
+    assert isinstance(mgr, V1Manager) and mgr.missing == {"pids"}
+    mgr.create("s1", LIMITS)
+    assert (fake.root / "memory/sk/s1/memory.limit_in_bytes").read_text() == f"{256 << 20}\n"
+
+
+def test_refusal_has_no_side_effects_on_v1(fake: FakeCgroupFS) -> None:
+    psc = fake.make_v1(["memory", "cpu"])
+    with pytest.raises(CgroupsUnavailableError):
+        open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=psc)
+    assert fake.writes == [] and not (fake.root / "memory/sk").exists()

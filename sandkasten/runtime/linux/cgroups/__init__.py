@@ -49,28 +49,35 @@ def open_manager(
     """
     fs = fs or CgroupFS()
     own = own_cgroups(proc_self_cgroup)
-    candidates: list[CgroupManager] = []
+    required = set(REQUIRED)
     found: list[str] = []
+    fallback: CgroupManager | None = None
     if fs.exists(root / "cgroup.controllers"):
-        candidates.append(V2Manager(fs, root, own.get("", "/"), parent))
+        v2 = V2Manager(fs, root, own.get("", "/"), parent)
+        if not v2.missing:
+            return v2
+        found.append(f"cgroup v2 cannot enforce [{' '.join(sorted(v2.missing))}]")
+        fallback = v2
     else:
-        if len(set(mounted_controllers(fs, root)) & set(REQUIRED)) == len(REQUIRED):
-            candidates.append(V1Manager(fs, root, own, parent))
+        v1 = mounted_controllers(fs, root)
         unified = root / "unified"
         avail = fs.read_or(unified / "cgroup.controllers").split()
-        if set(REQUIRED) <= set(avail):
-            candidates.append(V2Manager(fs, unified, own.get("", "/"), parent))
+        if required <= set(v1):
+            return V1Manager(fs, root, own, parent)
+        if required <= set(avail):
+            v2 = V2Manager(fs, unified, own.get("", "/"), parent)
+            if not v2.missing:
+                return v2
+            found.append(f"{unified} cannot enforce [{' '.join(sorted(v2.missing))}]")
+            fallback = v2
         elif avail or fs.exists(unified / "cgroup.procs"):
             found.append(f"{unified} is cgroup v2 with only [{' '.join(avail)}]")
-        v1 = mounted_controllers(fs, root)
         if v1:
             found.append(f"cgroup v1 has [{' '.join(v1)}]")
-    for mgr in candidates:
-        if not mgr.missing:
-            return mgr
-        found.append(f"cgroup v{mgr.version} cannot enforce [{' '.join(sorted(mgr.missing))}]")
+        if allow_unlimited and fallback is None and required & set(v1):
+            fallback = V1Manager(fs, root, own, parent)  # the limits v1 can enforce
     if allow_unlimited:
-        return candidates[0] if candidates else UnlimitedManager()
+        return fallback or UnlimitedManager()
     detail = "; ".join(found) if found else f"no cgroup hierarchy found at {root}"
     raise CgroupsUnavailableError(
         f"cgroup v2 not mounted: cannot enforce cpu, memory and pids limits ({detail})"

@@ -189,8 +189,10 @@ class V2Manager(CgroupManager):
         wanted = [c for c in REQUIRED if c in available]
         enabled = set(self.fs.read_or(self.base / "cgroup.subtree_control").split())
         try:
+            # Always leave the base to its children (even when there is nothing to enable
+            # yet), so the layout is the same on every host: daemon leaf + sessions.
+            self._move_out()
             if not set(wanted) <= enabled:
-                self._move_out()
                 self._enable(self.base, wanted)
             self.fs.mkdir(self.path)
             self._enable(self.path, wanted)
