@@ -69,3 +69,17 @@ def test_fork_bomb_is_contained(sb: LinuxSandbox) -> None:
     assert run(sb.stats()).pids <= 64
     ex(sb, "kill $(jobs -p) 2>/dev/null; wait", timeout_ms=30000)
     assert ex(sb, "echo alive").output == "alive\n"
+
+
+def test_cpu_limit_throttles(linux_runtime: Any, debian_layer: Path) -> None:  # noqa: F811
+    s = run(linux_runtime.create(spec_for(debian_layer, cpu_limit=0.25)))
+    try:
+        before = run(s.stats()).cpu_usage_usec
+        r = run(s.exec("for i in 1 2; do timeout 2 sh -c 'while :; do :; done' & done; wait",
+                       timeout_ms=20000))
+        used = (run(s.stats()).cpu_usage_usec - before) / 1e6
+        assert r.duration_ms >= 1900
+        # two busy loops for 2 s wall: 4 CPU-seconds unthrottled, 0.5 at a quarter core
+        assert used < 0.25 * r.duration_ms / 1000 + 0.3, used
+    finally:
+        run(s.destroy())

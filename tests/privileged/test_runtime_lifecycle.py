@@ -113,3 +113,22 @@ def test_concurrent_creates_and_requests(linux_runtime: Any, busybox_layer: Path
             assert _leftovers(linux_runtime, s.id) == []
 
     run(scenario())
+
+
+def test_shutdown_request_ends_the_sandbox(linux_runtime: Any, busybox_layer: Path) -> None:  # noqa: F811
+    import time
+
+    from runner import protocol as p
+    from sandkasten.runtime.linux import proc_start_time
+
+    sb = run(linux_runtime.create(spec_for(busybox_layer)))
+    run(sb.exec("sleep 100 &"))
+    start = proc_start_time(sb.pid)
+    assert isinstance(run(sb.request(p.Shutdown())), p.Ok)
+    deadline = time.monotonic() + 5
+    while proc_start_time(sb.pid) == start and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc_start_time(sb.pid) != start
+    assert run(linux_runtime.attach(sb.id)) is None
+    run(linux_runtime.cleanup(sb.id))
+    assert _leftovers(linux_runtime, sb.id) == []
