@@ -109,3 +109,10 @@ def test_garbage_on_the_socket_gets_an_error_frame(client: LinuxSandbox) -> None
     (msg,) = p.Decoder().feed(data)
     assert isinstance(msg, p.Error) and msg.code == "invalid"
     assert run(client.exec("echo fine")).output == "fine\n"
+
+
+def test_wrongly_typed_fields_get_an_error_reply(client: LinuxSandbox) -> None:
+    with pytest.raises(RunnerError) as e:
+        run(client.request(p.ReadFile(path=123)))  # type: ignore[arg-type]
+    assert e.value.code == "invalid"
+    assert run(client.exec("echo fine")).output == "fine\n"
