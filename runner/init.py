@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import signal
 import termios
@@ -140,12 +141,21 @@ def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
     close-on-exec pipe and raised here as OSError, so the caller never waits on a child that
     could not start.
     """
+    pid, r = spawn(spec, setup)
+    await_exec(r)
+    return pid
+
+
+def spawn(spec: ChildSpec, setup: Callable[[], None] | None) -> tuple[int, int]:
+    """``fork_exec`` without waiting for the exec: returns the pid and the read end of the
+    child's error pipe, which the caller hands to ``await_exec`` (it owns the fd)."""
     r, w = os.pipe2(os.O_CLOEXEC)
     env = [f"{k}={v}".encode() for k, v in spec.env.items()]
     argv = [a.encode() for a in spec.argv]
     pid = os.fork()
     if pid == 0:  # child: no allocation-heavy work, no locks, exec or _exit
         try:
+            gc.disable()  # a collection here would copy pages shared with the parent
             os.close(r)
             w = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 256)  # out of the way of fds 0-3
             os.setsid()
@@ -176,6 +186,12 @@ def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
             finally:
                 os._exit(127)
     os.close(w)
+    return pid, r
+
+
+def await_exec(r: int) -> None:
+    """Wait until the child of ``spawn`` has exec'd (EOF on its error pipe, closed here);
+    raise OSError with the child's reason if it could not."""
     try:
         report = b""
         while chunk := os.read(r, 1024):
@@ -186,7 +202,6 @@ def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
         code_s, _, msg = report.decode(errors="replace").partition(":")
         # the child already exited: the caller's reaper collects it
         raise OSError(int(code_s) if code_s.isdigit() else errno.EINVAL, msg)
-    return pid
 
 
 def serve_signals(reaper: Reaper, on_exit: Callable[[], None]) -> None:

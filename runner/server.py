@@ -44,7 +44,6 @@ class Runner:
         self.on_shutdown = on_shutdown
         self._shell: Shell | None = None
         self._shell_lock = threading.Lock()
-        self._shell_error: str | None = None
         self._conns: set[socket.socket] = set()
         self._closed = False
 
@@ -60,15 +59,14 @@ class Runner:
             return self._shell
 
     def prestart(self) -> None:
-        """Start the shell in the background, so the first exec finds it ready."""
-        if self.cfg.exec_mode == "stateful":
-            threading.Thread(target=self._prestart, name="shell-start", daemon=True).start()
+        """Start the shell now, so the first exec finds it starting or ready.
 
-    def _prestart(self) -> None:
-        try:
-            self.shell()
-        except Exception as e:  # reported to the first exec that asks
-            self._shell_error = str(e)
+        Returns once the shell is forked: its exec and start-up are awaited by the first
+        request that needs it. An error here is not fatal: that request retries and reports.
+        """
+        if self.cfg.exec_mode == "stateful":
+            with contextlib.suppress(Exception):
+                self.shell()
 
     def close(self) -> None:
         self._closed = True
@@ -191,12 +189,13 @@ def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
         os.kill(os.getpid(), 15)  # handled by serve_signals: forward and exit
 
     runner = Runner(cfg, reaper, on_shutdown=shutdown)
-    # Ready first: the listener already queues connections, and the creator's round trip
-    # then overlaps the shell's start (the first exec waits for the shell, not for us).
+    # The shell is forked first, while PID 1 has one thread, and not waited for: it starts
+    # up while the creator hears that the sandbox is ready (the listener already queues
+    # connections) and sends its first exec, which is the one to wait for the shell.
+    runner.prestart()
     if ready is not None:
         ready()
     threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
-    runner.prestart()
     # on exit PID 1 only marks itself closed: serve_signals kills and reaps everything, and
     # waiting for the shell here would wait on the very thread that reaps
     serve_signals(reaper, lambda: setattr(runner, "_closed", True))

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from runner import protocol as p
 from runner.exports import END_LINE, parse_exports
-from runner.init import ChildSpec, Reaper, fork_exec
+from runner.init import ChildSpec, Reaper, await_exec, spawn
 from runner.output import Capped, StreamCleaner, clean
 
 STAGE_THRESHOLD = 16 * 1024
@@ -100,6 +100,8 @@ class Shell:
         # shell's exports dump (None: not yet dumped, the environment is still cfg.env).
         self._state_lock = threading.Lock()
         self._exports: str | None = None
+        self._exec_fd = -1  # error pipe of a shell whose exec is not yet confirmed
+        self._broken = False
         self._start()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -125,7 +127,16 @@ class Shell:
                 argv = [self.path, "-i", "/proc/self/fd/3"]
                 spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, devnull,
                                  ctty=slave, fd3=r)
-            self.pid = self.reaper.spawn(lambda: fork_exec(spec, self.cfg.setup))
+            started: list[int] = []
+
+            def start() -> int:
+                pid, exec_fd = spawn(spec, self.cfg.setup)
+                started.append(exec_fd)
+                return pid
+
+            self.pid = self.reaper.spawn(start)
+            self._exec_fd = started[0]
+            self._broken = False
         except BaseException:
             for fd in (master, w):
                 os.close(fd)
@@ -142,7 +153,19 @@ class Shell:
         self._pending = self._send_marker()
 
     def _ready(self) -> None:
-        """Read up to the start-up marker if that has not happened yet (holding the lock)."""
+        """Finish the start-up (holding the lock): the shell exec'd, its marker read.
+
+        OSError if the shell could not be exec'd (the next exec tries a fresh one).
+        """
+        if self._broken:
+            self._restart()
+        if self._exec_fd >= 0:
+            fd, self._exec_fd = self._exec_fd, -1
+            try:
+                await_exec(fd)
+            except OSError:
+                self._pending, self._broken = None, True
+                raise
         if self._pending is not None:
             nonce, self._pending = self._pending, None
             self._await_marker(nonce)
@@ -157,6 +180,9 @@ class Shell:
 
     def close(self) -> None:
         self._forget_state()
+        if self._exec_fd >= 0:
+            os.close(self._exec_fd)
+            self._exec_fd = -1
         if self.pid > 0:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -394,7 +420,7 @@ class Shell:
         if self._pending is not None and self.lock.acquire(blocking=False):
             try:
                 self._ready()
-            except RuntimeError:
+            except (RuntimeError, OSError):
                 pass  # the next exec finds the shell dead and restarts it
             finally:
                 self.lock.release()

@@ -1,6 +1,6 @@
 """Thin ctypes bindings to the libc calls Python 3.11 lacks.
 
-unshare, mount, umount2, pivot_root (by syscall number), sethostname, prctl, mknod is in
+unshare, setns, mount, umount2, pivot_root (by syscall number), sethostname, prctl, mknod is in
 ``os``. Each raises OSError with the errno and the call named, so a failed setup step says
 which step failed. Loaded before a process enters a sandbox; calls import nothing.
 """
@@ -46,6 +46,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 
@@ -58,6 +59,10 @@ def _check(ret: int, what: str) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
