@@ -8,10 +8,8 @@ which step failed. Loaded before a process enters a sandbox; calls import nothin
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
-import platform
 import socket
 import struct
 
@@ -38,9 +36,9 @@ PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
-                   "s390x": 217}.get(platform.machine(), 155)
+                   "s390x": 217}.get(os.uname().machine, 155)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded (not ctypes.util: 8 modules)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
