@@ -122,7 +122,8 @@ class Shell:
             env.update(PS1="", PS2="", PS4="+ ")
             if self.is_bash:
                 # bash reads a pipe on stdin one byte at a time and never loses input
-                argv = [self.path, "--norc", "--noprofile", "--noediting", "-i"]
+                argv = [self.path, "--norc", "--noprofile", "--noediting", "+o", "history",
+                        "-i"]
                 spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, devnull, ctty=slave)
             else:
                 # ash/dash: commands from fd 3, stdin /dev/null (with commands on stdin,
@@ -160,6 +161,13 @@ class Shell:
 
         OSError if the shell could not be exec'd (the next exec tries a fresh one).
         """
+        self._execd()
+        if self._pending is not None:
+            nonce, self._pending = self._pending, None
+            self._await_marker(nonce)
+
+    def _execd(self) -> None:
+        """Make sure the shell was exec'd (restart a broken one); OSError if it cannot be."""
         if self._broken:
             self._restart()
         if self._exec_fd >= 0:
@@ -169,9 +177,6 @@ class Shell:
             except OSError:
                 self._pending, self._broken = None, True
                 raise
-        if self._pending is not None:
-            nonce, self._pending = self._pending, None
-            self._await_marker(nonce)
 
     def _forget_state(self) -> None:
         with self._state_lock:
@@ -291,7 +296,7 @@ class Shell:
             on_chunk: Callable[[str], None] | None = None) -> p.ExecDone:
         with self.lock:
             try:
-                self._ready()
+                self._execd()  # the start-up marker, if still unread, is skipped by _run
                 return self._run(req, on_chunk)
             except RuntimeError:
                 self._restart()
@@ -317,6 +322,14 @@ class Shell:
                     f"}} </dev/null 2>&1\n")
         else:
             body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null 2>&1\n"
+        # Right after start-up the shell may still be on its start-up lines: the exec is
+        # queued behind them instead of waiting for their marker (one round trip less on
+        # a sandbox's first exec), and the output up to that marker is dropped.
+        skip = None
+        if self._pending is not None:
+            skip = re.compile(rb"\x1e" + self._pending.encode() + rb":-?\d+:.*?\x1f"
+                              + self._pending.encode() + rb"\r?\n")
+            self._pending = None
         self._write(body)
         self._drained()
         self._write(self._marker_line(nonce))
@@ -340,9 +353,17 @@ class Shell:
                 shell_gone = True
                 data = b""
             tail += data
-            m = pat.search(tail)
+            if skip is not None:
+                m0 = skip.search(tail)
+                if m0 is not None:
+                    tail, skip = tail[m0.end():], None
+                elif not shell_gone:
+                    tail = tail[-4096:]  # start-up noise only; the marker is shorter
+            m = pat.search(tail) if skip is None or shell_gone else None
             emit_upto = m.start() if m else len(tail)
-            if not m and not shell_gone:
+            if skip is not None and not shell_gone:
+                emit_upto = 0  # nothing of the command's output has come yet
+            elif not m and not shell_gone:
                 hold = tail.rfind(b"\x1e")
                 if hold != -1:
                     emit_upto = hold
