@@ -9,6 +9,7 @@ inside a sandbox: it must be called after pivot_root with every module already i
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import threading
@@ -195,6 +196,11 @@ def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
     runner.prestart()
     if ready is not None:
         ready()
+    # Whatever exists now (the fork server's objects and our setup's) is never collected:
+    # a collection walking it would copy its pages. The collector (disabled by the fork
+    # server until here) only looks at what the requests allocate from now on.
+    gc.freeze()
+    gc.enable()
     threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
     # on exit PID 1 only marks itself closed: serve_signals kills and reaps everything, and
     # waiting for the shell here would wait on the very thread that reaps
