@@ -150,9 +150,11 @@ class Shell:
             os.close(r)
             os.close(devnull)
         self._master, self._stdin = master, w
-        # Silence history and job notices; everything before the first marker is discarded.
-        # The marker is read by the first exec (``_ready``), not here: the shell starts up
-        # while its creator is told the sandbox is ready.
+        if self.is_bash:
+            return  # quiet from its first byte: no rc files, no history, notices on stderr
+        # ash/dash: history off where they have one; whatever the shell prints before this
+        # marker is dropped. The marker is read by the first exec (``_run``), not here: the
+        # shell starts up while its creator is told that the sandbox is ready.
         self._write(_INIT)
         self._pending = self._send_marker()
 
@@ -456,6 +458,7 @@ class Shell:
     def _start_env(self) -> dict[str, str]:
         env = dict(self.cfg.env)
         env.setdefault("TERM", "xterm")
+        env.setdefault("SHELL", self.path)  # else the shell looks itself up in /etc/passwd
         return env
 
     def _read_exports(self, path: str) -> dict[str, str] | None:

@@ -46,7 +46,7 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import caps, cgjoin, mounts, seccomp
+from sandkasten.runtime.linux import caps, cgjoin, mounts, seccomp, state
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
@@ -191,6 +191,16 @@ class ForkServer:
             gc.disable()  # until the runner serves: a collection would only copy pages
             _pid1(req, ops[1:], w, tasks, flt, [("forkserver", t_fork)])
         os.close(w)
+        try:
+            # while PID 1 sets up: a restarted daemon finds the sandbox by this file
+            state.write_state(str(pl.SessionPaths(Path(req.session_dir)).state), req.spec.id,
+                              child, req.cgroup.name if req.cgroup else None)
+        except OSError as e:
+            os.close(r)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)  # ``reap`` collects it
+            send_obj(self.control, (req_id, None, f"state.json: {e}", []))
+            return
         self.pending[r] = _Pending(req_id, child)
 
     def _restore_pidns(self) -> None:

@@ -37,9 +37,10 @@ from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.cgroups import Cgroup, CgroupLimits, CgroupManager, open_manager
 from sandkasten.runtime.linux.errors import SessionSetupError
 from sandkasten.runtime.linux.sandbox import LinuxSandbox
+from sandkasten.runtime.linux.state import proc_start_time
 from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
 
-__all__ = ["LinuxRuntime", "LinuxSandbox"]
+__all__ = ["LinuxRuntime", "LinuxSandbox", "proc_start_time"]
 
 _ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
@@ -47,20 +48,6 @@ _ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 class SessionExistsError(SandkastenError):
     code = "session_exists"
     status = 409
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The kernel start time of ``pid`` (clock ticks since boot): with the pid, an identity
-    that a recycled pid cannot fake. None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None  # exited; only its parent's wait is missing
-    return int(fields[19])
 
 
 class ForkServerClient:
@@ -216,13 +203,7 @@ class LinuxRuntime:
 
         def done(f: concurrent.futures.Future[tuple[int, Stamps]]) -> None:
             try:
-                pid, stamps = f.result()
-                state = {"id": spec.id, "pid": pid, "start_time": proc_start_time(pid),
-                         "cgroup": cg.name if cg is not None else None,
-                         "created": time.time()}
-                tmp = paths.state.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state))
-                os.replace(tmp, paths.state)
+                pid, stamps = f.result()  # the fork server wrote state.json
                 sb = LinuxSandbox(self, spec.id, pid, str(paths.socket), cg)
                 sb.setup_stamps = [("request", t_request), *stamps]
                 out.set_result(sb)
