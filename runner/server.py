@@ -33,7 +33,9 @@ class RunnerConfig:
     shell_prefer: list[str] = field(default_factory=lambda: ["bash", "sh"])
     exec_mode: str = "stateful"
     stage_dir: str = "/tmp"
-    setup: Callable[[], None] | None = None  # runs in each user child before execve
+    # runs in the thread that spawns each user process (``init.spawn``): drops that thread's
+    # privileges and loads its seccomp filter, never the whole process's
+    setup: Callable[[], None] | None = None
 
 
 class Runner:

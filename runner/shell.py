@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from runner import protocol as p
 from runner.exports import END_LINE, parse_exports
-from runner.init import ChildSpec, Reaper, await_exec, spawn
+from runner.init import ChildSpec, Reaper, spawn
 from runner.output import Capped, StreamCleaner, clean
 
 STAGE_THRESHOLD = 16 * 1024
@@ -63,7 +63,7 @@ class ShellConfig:
     workdir: str = "/workspace"
     shell_prefer: list[str] = field(default_factory=lambda: ["bash", "sh"])
     stage_dir: str = "/tmp"
-    setup: Callable[[], None] | None = None  # drop privileges + seccomp, in the child
+    setup: Callable[[], None] | None = None  # drops the spawning thread's privileges
 
 
 def find_shell(prefer: list[str], path: str) -> str:
@@ -103,8 +103,6 @@ class Shell:
         # shell's exports dump (None: not yet dumped, the environment is still cfg.env).
         self._state_lock = threading.Lock()
         self._exports: str | None = None
-        self._exec_fd = -1  # error pipe of a shell whose exec is not yet confirmed
-        self._broken = False
         self._start()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -131,16 +129,7 @@ class Shell:
                 argv = [self.path, "-i", "/proc/self/fd/3"]
                 spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, devnull,
                                  ctty=slave, fd3=r)
-            started: list[int] = []
-
-            def start() -> int:
-                pid, exec_fd = spawn(spec, self.cfg.setup)
-                started.append(exec_fd)
-                return pid
-
-            self.pid = self.reaper.spawn(start)
-            self._exec_fd = started[0]
-            self._broken = False
+            self.pid = self.reaper.spawn(lambda: spawn(spec, self.cfg.setup))
         except BaseException:
             for fd in (master, w):
                 os.close(fd)
@@ -159,26 +148,10 @@ class Shell:
         self._pending = self._send_marker()
 
     def _ready(self) -> None:
-        """Finish the start-up (holding the lock): the shell exec'd, its marker read.
-
-        OSError if the shell could not be exec'd (the next exec tries a fresh one).
-        """
-        self._execd()
+        """Read the start-up marker if nobody has yet (holding the lock)."""
         if self._pending is not None:
             nonce, self._pending = self._pending, None
             self._await_marker(nonce)
-
-    def _execd(self) -> None:
-        """Make sure the shell was exec'd (restart a broken one); OSError if it cannot be."""
-        if self._broken:
-            self._restart()
-        if self._exec_fd >= 0:
-            fd, self._exec_fd = self._exec_fd, -1
-            try:
-                await_exec(fd)
-            except OSError:
-                self._pending, self._broken = None, True
-                raise
 
     def _forget_state(self) -> None:
         with self._state_lock:
@@ -190,9 +163,6 @@ class Shell:
 
     def close(self) -> None:
         self._forget_state()
-        if self._exec_fd >= 0:
-            os.close(self._exec_fd)
-            self._exec_fd = -1
         if self.pid > 0:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -298,8 +268,7 @@ class Shell:
             on_chunk: Callable[[str], None] | None = None) -> p.ExecDone:
         with self.lock:
             try:
-                self._execd()  # the start-up marker, if still unread, is skipped by _run
-                return self._run(req, on_chunk)
+                return self._run(req, on_chunk)  # skips a start-up marker still unread
             except RuntimeError:
                 self._restart()
                 raise
@@ -446,7 +415,7 @@ class Shell:
         if self._pending is not None and self.lock.acquire(blocking=False):
             try:
                 self._ready()
-            except (RuntimeError, OSError):
+            except RuntimeError:
                 pass  # the next exec finds the shell dead and restarts it
             finally:
                 self.lock.release()

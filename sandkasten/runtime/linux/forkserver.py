@@ -46,7 +46,7 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import caps, cgjoin, mounts, seccomp, state
+from sandkasten.runtime.linux import cgjoin, mounts, seccomp, state, threaddrop
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
@@ -79,13 +79,15 @@ def runner_env(spec: SessionSpec, hostname: str) -> dict[str, str]:
 
 
 class _Hardening:
-    """Runs in each user child right before execve: drop every privilege, then seccomp."""
+    """Runs in the runner thread that spawns a user process, right before ``posix_spawn``:
+    drop every privilege of that thread (only that thread: PID 1 keeps root), then load
+    the seccomp filter on it (per thread: prctl, no TSYNC). The child inherits both."""
 
     def __init__(self, flt: seccomp.PreparedFilter) -> None:
         self.flt = flt
 
     def __call__(self) -> None:
-        caps.drop_privileges(pl.SANDBOX_UID, pl.SANDBOX_GID)
+        threaddrop.drop_thread_privileges(pl.SANDBOX_UID, pl.SANDBOX_GID)
         self.flt.load()
 
 
