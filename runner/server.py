@@ -192,18 +192,18 @@ def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
         os.kill(os.getpid(), 15)  # handled by serve_signals: forward and exit
 
     runner = Runner(cfg, reaper, on_shutdown=shutdown)
-    # The shell is forked first, while PID 1 has one thread, and not waited for: it starts
-    # up while the creator hears that the sandbox is ready (the listener already queues
-    # connections) and sends its first exec, which is the one to wait for the shell.
-    runner.prestart()
+    # Ready first (the listener already queues connections): the shell is spawned while
+    # the creator hears of it and sends its first exec, which is the one to wait for the
+    # shell's start-up.
     if ready is not None:
         ready()
+    threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
+    runner.prestart()
     # Whatever exists now (the fork server's objects and our setup's) is never collected:
     # a collection walking it would copy its pages. The collector (disabled by the fork
     # server until here) only looks at what the requests allocate from now on.
     gc.freeze()
     gc.enable()
-    threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
     # on exit PID 1 only marks itself closed: serve_signals kills and reaps everything, and
     # waiting for the shell here would wait on the very thread that reaps
     serve_signals(reaper, lambda: setattr(runner, "_closed", True))
