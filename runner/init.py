@@ -131,6 +131,17 @@ class ChildSpec:
 
 
 _CLONE_FS = 0x00000200
+
+
+def _inheritable_fds() -> list[int]:
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.get_inheritable(int(name)):
+                out.append(int(name))
+        except OSError:
+            pass  # the directory's own fd, closed by now
+    return out
 _SPAWN_SIGDEF = frozenset(_RESET_IGNORED) | HANDLED
 
 
@@ -142,8 +153,8 @@ def spawn(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
     privileges and load its seccomp filter (``threaddrop``; never a process-wide change),
     changes into ``spec.cwd`` (as the dropped user: "/" if that is not allowed) and calls
     ``posix_spawn``, whose child inherits the thread's credentials and filter and runs no
-    Python before execve. The thread then exits. Every fd this process opens is
-    close-on-exec, so the child gets exactly ``stdin``/``stdout``/``stderr`` (and ``fd3``).
+    Python before execve. The thread then exits. The child gets exactly ``stdin``,
+    ``stdout``, ``stderr`` (and ``fd3``): no other fd of this process.
     With ``ctty``, the child opens that terminal by path as a session leader, which makes
     it its controlling terminal.
     """
@@ -160,6 +171,10 @@ def spawn(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
                     for target, src in ((0, spec.stdin), (1, spec.stdout), (2, spec.stderr))]
     if spec.fd3 is not None:
         actions.append((os.POSIX_SPAWN_DUP2, spec.fd3, 3))
+    # Every fd this process opens is close-on-exec; one it inherited without the flag (PID 1
+    # has none, a runner on a host may) is closed in the child after the dup2s.
+    targets = {0, 1, 2} | ({3} if spec.fd3 is not None else set())
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in targets]
     result: list[int | BaseException] = []
 
     def run() -> None:
