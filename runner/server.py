@@ -13,6 +13,7 @@ import ctypes
 import gc
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from runner.plain import run_plain
 from runner.shell import Shell, ShellConfig
 
 _libc = ctypes.CDLL(None)
+SWITCH_INTERVAL = 0.0002  # seconds
 
 
 def release_free_memory() -> None:
@@ -201,6 +203,9 @@ def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
     set_non_dumpable()
     os.setgroups([])  # file requests use fsuid/fsgid; no root supplementary groups linger
     block_signals()  # before any thread starts: every thread inherits the mask
+    # A request hops between threads (accept, connection, spawn): with the default 5 ms
+    # switch interval a thread that wants the GIL may wait that long for a busy one.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     reaper = Reaper()
 
     def shutdown() -> None:
