@@ -6,12 +6,15 @@ terminal, so programs see a terminal and the shell runs each foreground job in i
 process group. For each exec the runner writes::
 
     { eval '<cmd, single-quote escaped>'
-    } </dev/null
+    } </dev/null 2>&1
     printf '\\036<nonce>:%d:%s\\037<nonce>\\n' "$?" "$PWD"
 
 - ``eval`` keeps cd, exports, functions and background jobs in the shell; a syntax error
   fails that line only (interactive shells survive it) and the marker line still runs.
 - ``</dev/null``: a command that reads stdin gets EOF instead of eating the next exec.
+- ``2>&1``: the command's stderr joins its stdout on the PTY, while the shell's own stderr
+  is /dev/null: job notices ("[1]+ Done ...") that an interactive shell prints before
+  reading the next command never land in the next exec's output.
 - The marker carries a fresh random nonce per exec. The PTY does not echo the pipe's input,
   so the nonce never appears in the output unless the shell prints the marker: output of the
   command cannot forge an end of exec or an exit code.
@@ -30,9 +33,9 @@ import contextlib
 import fcntl
 import os
 import re
-import secrets
 import select
 import signal
+import stat
 import sys
 import termios
 import threading
@@ -41,12 +44,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner import protocol as p
-from runner.init import ChildSpec, Reaper, fork_exec
+from runner.exports import END_LINE, parse_exports
+from runner.init import ChildSpec, Reaper, spawn
 from runner.output import Capped, StreamCleaner, clean
 
 STAGE_THRESHOLD = 16 * 1024
 KILL_GRACE = 0.5  # seconds between SIGINT and SIGKILL of a timed-out command
 SYNC_TIMEOUT = 3.0
+EXPORTS_MAX = 4 << 20  # a larger exports dump is not trusted (the environment has limits too)
+_INIT = "unset HISTFILE 2>/dev/null; set +o history 2>/dev/null\n"
 
 
 @dataclass
@@ -57,7 +63,7 @@ class ShellConfig:
     workdir: str = "/workspace"
     shell_prefer: list[str] = field(default_factory=lambda: ["bash", "sh"])
     stage_dir: str = "/tmp"
-    setup: Callable[[], None] | None = None  # drop privileges + seccomp, in the child
+    setup: Callable[[], None] | None = None  # drops the spawning thread's privileges
 
 
 def find_shell(prefer: list[str], path: str) -> str:
@@ -69,6 +75,10 @@ def find_shell(prefer: list[str], path: str) -> str:
             if os.path.isfile(c) and os.access(c, os.X_OK):
                 return c
     raise FileNotFoundError(f"none of the shells {prefer} exists in the image")
+
+
+def _nonce() -> str:
+    return os.urandom(8).hex()  # not ``secrets``: one module less in every PID 1
 
 
 def _quote(s: str) -> str:
@@ -88,32 +98,38 @@ class Shell:
         self._master = -1
         self._stdin = -1
         self.cwd = cfg.workdir
+        self._pending: str | None = None  # nonce of a marker written but not yet read
+        # The state after the last completed exec, for split execs: cwd and the path of the
+        # shell's exports dump (None: not yet dumped, the environment is still cfg.env).
+        self._state_lock = threading.Lock()
+        self._exports: str | None = None
         self._start()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._forget_state()
         master, slave = os.openpty()
         r, w = os.pipe()
-        devnull = os.open("/dev/null", os.O_RDONLY)
+        devnull = os.open("/dev/null", os.O_RDWR)
         try:
             os.fchown(slave, self.cfg.uid, self.cfg.gid)
             os.fchown(r, self.cfg.uid, self.cfg.gid)  # the shell reopens it as /proc/self/fd/3
             os.set_blocking(master, False)
-            env = dict(self.cfg.env)
+            env = self._start_env()
             env.update(PS1="", PS2="", PS4="+ ")
-            env.setdefault("TERM", "xterm")
             if self.is_bash:
                 # bash reads a pipe on stdin one byte at a time and never loses input
-                argv = [self.path, "--norc", "--noprofile", "--noediting", "-i"]
-                spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, slave, ctty=slave)
+                argv = [self.path, "--norc", "--noprofile", "--noediting", "+o", "history",
+                        "-i"]
+                spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, devnull, ctty=slave)
             else:
                 # ash/dash: commands from fd 3, stdin /dev/null (with commands on stdin,
                 # busybox runs some pipeline members on the shell's own input)
                 argv = [self.path, "-i", "/proc/self/fd/3"]
-                spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, slave,
+                spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, devnull,
                                  ctty=slave, fd3=r)
-            self.pid = self.reaper.spawn(lambda: fork_exec(spec, self.cfg.setup))
+            self.pid = self.reaper.spawn(lambda: spawn(spec, self.cfg.setup))
         except BaseException:
             for fd in (master, w):
                 os.close(fd)
@@ -123,11 +139,30 @@ class Shell:
             os.close(r)
             os.close(devnull)
         self._master, self._stdin = master, w
-        # Silence history and greetings; everything before the first marker is discarded.
-        self._write("unset HISTFILE 2>/dev/null; set +o history 2>/dev/null\n")
-        self._sync()
+        if self.is_bash:
+            return  # quiet from its first byte: no rc files, no history, notices on stderr
+        # ash/dash: history off where they have one; whatever the shell prints before this
+        # marker is dropped. The marker is read by the first exec (``_run``), not here: the
+        # shell starts up while its creator is told that the sandbox is ready.
+        self._write(_INIT)
+        self._pending = self._send_marker()
+
+    def _ready(self) -> None:
+        """Read the start-up marker if nobody has yet (holding the lock)."""
+        if self._pending is not None:
+            nonce, self._pending = self._pending, None
+            self._await_marker(nonce)
+
+    def _forget_state(self) -> None:
+        with self._state_lock:
+            old, self._exports = self._exports, None
+            self.cwd = self.cfg.workdir
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
 
     def close(self) -> None:
+        self._forget_state()
         if self.pid > 0:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -181,13 +216,38 @@ class Shell:
                 return
             time.sleep(0.00005)
 
+    def _exports_path(self, nonce: str) -> str:
+        return os.path.join(self.cfg.stage_dir, f".sandkasten-exports-{nonce}")
+
     def _marker_line(self, nonce: str) -> str:
-        return f"printf '\\036{nonce}:%d:%s\\037{nonce}\\n' \"$?\" \"$PWD\"\n"
+        # The status is expanded by the first printf, before anything else runs; the marker
+        # is complete only after the second, so the exports dump is on disk when the
+        # runner sees it (see ``exports``; errors go to the shell's stderr, /dev/null).
+        dump = self._exports_path(nonce)
+        return (f"printf '\\036{nonce}:%d:' \"$?\"; "
+                f"{{ export -p; echo '{END_LINE}'; }} >{dump} 2>/dev/null; "
+                f"printf '%s\\037{nonce}\\n' \"$PWD\"\n")
+
+    def _adopt(self, nonce: str, cwd: str) -> None:
+        """The marker of ``nonce`` arrived: its cwd and exports dump are the shell's state."""
+        with self._state_lock:
+            old, self._exports = self._exports, self._exports_path(nonce)
+            self.cwd = cwd
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
+
+    def _send_marker(self) -> str:
+        nonce = _nonce()
+        self._write(self._marker_line(nonce))
+        return nonce
 
     def _sync(self) -> str:
-        """Write a bare marker and read up to it; returns the cwd. Restarts a dead shell."""
-        nonce = secrets.token_hex(8)
-        self._write(self._marker_line(nonce))
+        """Write a bare marker and read up to it; returns the cwd."""
+        return self._await_marker(self._send_marker())
+
+    def _await_marker(self, nonce: str) -> str:
+        """Read up to the marker of ``nonce``; returns the cwd. RuntimeError if none comes."""
         pat = re.compile(rb"\x1e" + nonce.encode() + rb":(-?\d+):(.*?)\x1f" + nonce.encode())
         buf = b""
         deadline = time.monotonic() + SYNC_TIMEOUT
@@ -198,7 +258,7 @@ class Shell:
             buf = (buf + data)[-65536:]
             m = pat.search(buf)
             if m:
-                self.cwd = m.group(2).decode(errors="replace")
+                self._adopt(nonce, m.group(2).decode(errors="replace"))
                 return self.cwd
         raise RuntimeError("shell did not answer")
 
@@ -208,7 +268,7 @@ class Shell:
             on_chunk: Callable[[str], None] | None = None) -> p.ExecDone:
         with self.lock:
             try:
-                return self._run(req, on_chunk)
+                return self._run(req, on_chunk)  # skips a start-up marker still unread
             except RuntimeError:
                 self._restart()
                 raise
@@ -216,13 +276,31 @@ class Shell:
     def _run(self, req: p.Exec | p.ExecStream,
              on_chunk: Callable[[str], None] | None) -> p.ExecDone:
         start = time.monotonic()
-        nonce = secrets.token_hex(8)
+        nonce = _nonce()
         staged = None
         if len(req.cmd.encode()) > STAGE_THRESHOLD:
             staged = self._stage(req.cmd, nonce)
-            body = f"{{ . {_quote(staged)}\n}} </dev/null\n"
+            body = f"{{ . {_quote(staged)}\n}} </dev/null 2>&1\n"
+        elif self.is_bash:
+            # Sourced, not eval'd: bash announces a job put in the background ("[1] 42")
+            # only while it reads commands interactively, and a sourced script is read
+            # non-interactively. The script is a here-document on fd 9 (closed again
+            # before the command runs, so no child inherits it); the delimiter carries the
+            # nonce, so no line of the command can end it early.
+            text = req.cmd if req.cmd.endswith("\n") else req.cmd + "\n"
+            eof = f"SANDKASTEN_{nonce}"
+            body = (f"{{ . /proc/self/fd/9 9<<'{eof}'\nexec 9<&-; {text}{eof}\n"
+                    f"}} </dev/null 2>&1\n")
         else:
-            body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null\n"
+            body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null 2>&1\n"
+        # Right after start-up the shell may still be on its start-up lines: the exec is
+        # queued behind them instead of waiting for their marker (one round trip less on
+        # a sandbox's first exec), and the output up to that marker is dropped.
+        skip = None
+        if self._pending is not None:
+            skip = re.compile(rb"\x1e" + self._pending.encode() + rb":-?\d+:.*?\x1f"
+                              + self._pending.encode() + rb"\r?\n")
+            self._pending = None
         self._write(body)
         self._drained()
         self._write(self._marker_line(nonce))
@@ -246,9 +324,17 @@ class Shell:
                 shell_gone = True
                 data = b""
             tail += data
-            m = pat.search(tail)
+            if skip is not None:
+                m0 = skip.search(tail)
+                if m0 is not None:
+                    tail, skip = tail[m0.end():], None
+                elif not shell_gone:
+                    tail = tail[-4096:]  # start-up noise only; the marker is shorter
+            m = pat.search(tail) if skip is None or shell_gone else None
             emit_upto = m.start() if m else len(tail)
-            if not m and not shell_gone:
+            if skip is not None and not shell_gone:
+                emit_upto = 0  # nothing of the command's output has come yet
+            elif not m and not shell_gone:
                 hold = tail.rfind(b"\x1e")
                 if hold != -1:
                     emit_upto = hold
@@ -260,7 +346,7 @@ class Shell:
                     on_chunk(text)
             if m:
                 exit_code = int(m.group(1))
-                self.cwd = m.group(2).decode(errors="replace")
+                self._adopt(nonce, m.group(2).decode(errors="replace"))
                 break
             if shell_gone:
                 exit_code = self.reaper.wait(self.pid, 1.0)
@@ -318,28 +404,49 @@ class Shell:
         return path
 
     def exported_env(self) -> tuple[str, dict[str, str]]:
-        """The shell's cwd and exported environment, read from a child it starts."""
-        nonce = secrets.token_hex(8)
-        path = os.path.join(self.cfg.stage_dir, f".sandkasten-env-{nonce}")
-        with self.lock:
-            done = self._run(p.Exec(cmd=f"cat /proc/self/environ > {_quote(path)}",
-                                    timeout_ms=5000), None)
-        env = dict(self.cfg.env)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        """The shell's cwd and exported environment as its last completed exec left them.
+
+        Never waits for a running exec: every marker comes with a dump of the shell's
+        exports (``_marker_line``), so the state after the last completed exec is on disk.
+        Only before anyone has read the start-up marker is the lock taken, and only if it
+        is free. A dump the sandbox user removed or replaced (or one a full /tmp cut short)
+        is ignored: the shell's start-up environment is used instead.
+        """
+        if self._pending is not None and self.lock.acquire(blocking=False):
             try:
-                raw = b""
-                while chunk := os.read(fd, 65536):
-                    raw += chunk
+                self._ready()
+            except RuntimeError:
+                pass  # the next exec finds the shell dead and restarts it
             finally:
-                os.close(fd)
-                os.unlink(path)
-            if done.exit_code == 0:
-                env = {}
-                for item in raw.split(b"\0"):
-                    k, sep, v = item.decode(errors="replace").partition("=")
-                    if sep and k:
-                        env[k] = v
+                self.lock.release()
+        with self._state_lock:
+            cwd, path = self.cwd, self._exports
+            env = self._read_exports(path) if path is not None else None
+        return cwd, env if env is not None else self._start_env()
+
+    def _start_env(self) -> dict[str, str]:
+        env = dict(self.cfg.env)
+        env.setdefault("TERM", "xterm")
+        env.setdefault("SHELL", self.path)  # else the shell looks itself up in /etc/passwd
+        return env
+
+    def _read_exports(self, path: str) -> dict[str, str] | None:
+        # The dump is the sandbox user's file in a directory the user can write: never
+        # follow a link, never block on a FIFO, accept only a regular file the user owns.
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            pass
-        return done.cwd, env
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != self.cfg.uid \
+                    or st.st_size > EXPORTS_MAX:
+                return None
+            raw = b""
+            while len(raw) <= EXPORTS_MAX and (chunk := os.read(fd, 65536)):
+                raw += chunk
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return parse_exports(raw.decode("utf-8", errors="replace"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +37,7 @@ def _describe(op: pl.Op) -> str:
 class Context:
     join_cgroup: Callable[[str], None] | None = None
     fds: dict[str, int] = field(default_factory=dict)
+    listener: socket.socket | None = None  # made by Listen, kept by the caller
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -105,6 +108,18 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         ns.unshare(op.flags)
     elif isinstance(op, pl.MakePrivate):
         ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
+    elif isinstance(op, pl.Listen):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(op.path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(op.path)
+            os.chmod(op.path, 0o600)
+            listener.listen(128)
+        except BaseException:
+            listener.close()
+            raise
+        ctx.listener = listener
     elif isinstance(op, pl.SetHostname):
         ns.sethostname(op.name)
     elif isinstance(op, pl.LoopbackUp):
@@ -148,7 +163,9 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         raise TypeError(f"cannot execute {op!r} here")
 
 
-def execute(ops: list[pl.Op], ctx: Context) -> None:
+def execute(ops: list[pl.Op], ctx: Context,
+            stamps: list[tuple[str, int]] | None = None) -> None:
+    """Run ``ops`` in order; with ``stamps``, append (op type, perf_counter_ns) after each."""
     for op in ops:
         try:
             run_op(op, ctx)
@@ -156,3 +173,5 @@ def execute(ops: list[pl.Op], ctx: Context) -> None:
             raise
         except Exception as e:
             raise SetupStepError(op, e) from None
+        if stamps is not None:
+            stamps.append((type(op).__name__, time.perf_counter_ns()))
