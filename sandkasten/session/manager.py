@@ -80,7 +80,8 @@ class SessionManager:
             raise with_code(
                 NotFoundError(
                     f"session not found: {session_id}",
-                    hint="it expired or was destroyed; live sessions: GET /v1/sessions (sandkasten ps)",
+                    hint="it expired or was destroyed; live sessions: GET /v1/sessions "
+                    "(sandkasten ps)",
                 ),
                 "session_not_found",
             )
