@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
 import posixpath
 from collections.abc import Awaitable
 from pathlib import Path
@@ -76,6 +78,16 @@ FILE_ERRORS: dict[str, tuple[int, str]] = {
 }
 
 
+_STRERRORS: dict[str, tuple[int, str]] = {
+    os.strerror(errno.EEXIST): (409, "path_conflict"),
+    os.strerror(errno.ENOTDIR): (409, "path_conflict"),
+    os.strerror(errno.EISDIR): (409, "path_conflict"),
+    os.strerror(errno.ENOTEMPTY): (409, "path_conflict"),
+    os.strerror(errno.ENAMETOOLONG): (400, "invalid_path"),
+    os.strerror(errno.EFBIG): (413, "file_too_large"),
+}
+
+
 class FileError(SandkastenError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -92,6 +104,12 @@ async def _fs(call: Awaitable[T]) -> T:
     except SandkastenError as e:
         if e.code in FILE_ERRORS:
             raise FileError(*FILE_ERRORS[e.code], e.message) from None
+        if e.code == "io_error":
+            # The runner reports errnos it has no code for as io_error "<path>: <strerror>";
+            # those that describe the request, not a fault, keep their meaning here.
+            for text, (status, code) in _STRERRORS.items():
+                if e.message.endswith(text):
+                    raise FileError(status, code, e.message) from None
         raise
 
 
