@@ -218,7 +218,10 @@ def serve(config: Config) -> int:
         sock = bind(config)
         from sandkasten.api.app import create_app, make_runtime
 
-        runtime = make_runtime(config)  # before any thread: the fork server starts here
+        runtime = make_runtime(config)
+        start = getattr(runtime, "start", None)
+        if callable(start):
+            start()  # the fork server, before uvicorn or asyncio start any thread
         _warn_missing_default_image(config)
         app = create_app(config, runtime)
         server = _Server(
