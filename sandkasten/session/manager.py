@@ -243,15 +243,20 @@ class SessionManager:
         log.info("session destroyed id=%s reason=%s", session_id, reason)
 
     async def reap(self, now: float | None = None) -> list[str]:
-        """Destroy every session whose ``expires_at`` has passed; return their ids."""
+        """Destroy every session whose ``expires_at`` has passed (concurrently: one slow
+        teardown does not hold up the others); return their ids."""
         now = time.time() if now is None else now
         due = [r.id for r in self._rows.values() if r.expires_at <= now]
-        for sid in due:
-            with contextlib.suppress(NotFoundError):
-                try:
-                    await self.destroy(sid, reason="expired")
-                except Exception:
-                    log.exception("destroying expired session failed id=%s", sid)
+
+        async def one(sid: str) -> None:
+            try:
+                await self.destroy(sid, reason="expired")
+            except NotFoundError:
+                pass  # deleted by a request meanwhile
+            except Exception:
+                log.exception("destroying expired session failed id=%s", sid)
+
+        await asyncio.gather(*(one(sid) for sid in due))
         return due
 
     # ---- restart --------------------------------------------------------------------------
