@@ -18,7 +18,6 @@ reach a sandbox that is going away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
