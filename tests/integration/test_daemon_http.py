@@ -296,6 +296,15 @@ def test_pool_hands_out_prewarmed_sandboxes(daemon_factory: Any) -> None:
         assert s["id"].startswith("sb-") and took < 1.0
         out = c.post(f"/v1/sessions/{s['id']}/exec", json={"cmd": "echo pooled"}).json()
         assert out["output"] == "pooled\n"
+    # SIGKILL with a warm pool: the next start removes the orphaned pooled sandboxes
+    pooled = [n for n in session_dirs(d) if n.startswith("sb-") and n != s["id"]]
+    pids = [_runner_pid(d, n) for n in pooled if (ready / n / "state.json").exists()]
+    d.kill()
+    d.start()
+    with d.client() as c:
+        assert [x["id"] for x in c.get("/v1/sessions").json()] == [s["id"]]
+    assert not set(pooled) & set(session_dirs(d))
+    assert not any(alive(p) for p in pids)
     assert d.stop() == 0
     assert session_dirs(d) == []
 
