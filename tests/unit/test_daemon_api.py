@@ -126,6 +126,8 @@ def test_seed_flow_with_curl_style_bodies(api: Api) -> None:
 def test_no_content_type_is_json_too(api: Api) -> None:
     r = httpx.post(api.url + "/v1/sessions", headers=H, content=b'{"image":"busybox"}')
     assert r.status_code == 201 and r.json()["image"] == "busybox"
+    r = httpx.post(api.url + "/v1/sessions", headers=H)  # no body at all: every default
+    assert r.status_code == 201 and r.json()["image"] == "python"
 
 
 def test_default_image_and_listing(api: Api) -> None:
