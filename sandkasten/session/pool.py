@@ -85,6 +85,13 @@ class SessionPool:
             return None
         return await self.pool.acquire(self._configure(image).key)
 
+    def drain(self, name: str) -> None:
+        """Stop pooling ``name`` (its image is being deleted): pooled sandboxes of it are
+        destroyed, none is created again until the name resolves to an image once more."""
+        old = self._entries.pop(name, None)
+        if old is not None:
+            self.pool.configure(old.template, old.digest, 0)
+
     async def close(self) -> None:
         await self.pool.close()
 

@@ -597,3 +597,18 @@ def test_restore_cleans_sandboxes_without_a_session(tmp_path: Path) -> None:
     with running(make_config(tmp_path), rt, images) as api:
         assert api.c.get("/v1/sessions").json() == []
     assert "sb-orphan" in rt.cleaned and not orphan.exists()
+
+
+def test_deleting_an_image_drains_its_pool(tmp_path: Path) -> None:
+    cfg = make_config(
+        tmp_path, SANDKASTEN_POOL__ENABLED="true", SANDKASTEN_POOL__IMAGES='{"python": 2}'
+    )
+    rt, images = FakeRuntime(tmp_path / "rt"), FakeImages(["python"])
+    with running(cfg, rt, images) as api:
+        _wait(lambda: len(rt.created) == 2)
+        _wait(lambda: all(not sb.destroyed for sb in rt.live.values()))
+        assert api.c.delete("/v1/images/python").json() == {"ok": True}
+        _wait(lambda: all(sb.destroyed for sb in rt.live.values()))
+        time.sleep(0.3)
+        assert len(rt.created) == 2  # nothing refilled for a deleted image
+        err(api.c.post("/v1/sessions", json={}), 404, "image_not_found")
