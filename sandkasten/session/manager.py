@@ -273,6 +273,7 @@ class SessionManager:
         for orphan in sorted(set(on_disk() if callable(on_disk) else []) - known):
             try:
                 await self.runtime.cleanup(orphan)
+                await asyncio.to_thread(self.images.release, orphan)
                 cleaned += 1
                 log.info("sandbox without a session cleaned up id=%s", orphan)
             except Exception:

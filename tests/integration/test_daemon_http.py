@@ -307,6 +307,7 @@ def test_pool_hands_out_prewarmed_sandboxes(daemon_factory: Any) -> None:
     assert not any(alive(p) for p in pids)
     assert d.stop() == 0
     assert session_dirs(d) == []
+    assert not list((d.data_dir / "leases").glob("*.json"))  # no lease outlives its sandbox
 
 
 def test_fifty_concurrent_sessions(daemon: DaemonProcess) -> None:

@@ -607,8 +607,10 @@ def test_deleting_an_image_drains_its_pool(tmp_path: Path) -> None:
     with running(cfg, rt, images) as api:
         _wait(lambda: len(rt.created) == 2)
         _wait(lambda: all(not sb.destroyed for sb in rt.live.values()))
+        assert set(images.leases) == set(rt.created)  # pooled sandboxes hold their layers
         assert api.c.delete("/v1/images/python").json() == {"ok": True}
         _wait(lambda: all(sb.destroyed for sb in rt.live.values()))
+        _wait(lambda: images.leases == {})
         time.sleep(0.3)
         assert len(rt.created) == 2  # nothing refilled for a deleted image
         err(api.c.post("/v1/sessions", json={}), 404, "image_not_found")
