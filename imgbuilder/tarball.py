@@ -5,7 +5,7 @@ The input's kind is decided by its content, never its file name:
 - a directory holding ``oci-layout`` is an OCI image layout; one holding ``manifest.json``
   is an extracted ``docker save``;
 - a file or stdin is decompressed (gzip, zstd or none, by magic bytes) and its first tar
-  members are looked at: an archive made only of ``blobs/``, ``<hex>/``, ``<hex>.json``,
+  members are looked at: an archive made only of ``blobs/``, ``<hex>/``, ``<hex>.json|.tar``,
   ``manifest.json``, ``index.json``, ``oci-layout`` and ``repositories`` is an image archive
   (``docker save``, legacy or OCI-style, or a tarred OCI layout); anything else is a root
   filesystem (``docker export``), streamed straight into one layer.
@@ -42,7 +42,7 @@ from imgbuilder.whiteout import split_name
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ARCHIVE_NAME = re.compile(
-    r"^(blobs(/.*)?|[0-9a-f]{64}(/.*|\.json)?|manifest\.json|index\.json|oci-layout|repositories)$"
+    r"^(blobs(/.*)?|[0-9a-f]{64}(/.*|\.json|\.tar)?|manifest\.json|index\.json|oci-layout|repositories)$"
 )
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -64,7 +64,7 @@ def _member_names(head: bytes, limit: int = 16) -> list[str]:
     with contextlib.suppress(tarfile.TarError, EOFError, OSError), \
             tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tf:
         for ti in tf:
-            names.append(ti.name.removeprefix("./").rstrip("/"))
+            names.append("/".join(x for x in ti.name.split("/") if x not in ("", ".")))
             if len(names) >= limit:
                 break
     return [n for n in names if n]
@@ -123,7 +123,8 @@ class _TarLayout(_Layout):
             self.tf = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
         except tarfile.TarError as e:
             raise ImportFormatError(f"not a readable image archive: {e}") from None
-        self.members = {m.name.removeprefix("./"): m for m in self.tf.getmembers()}
+        self.members = {"/".join(x for x in m.name.split("/") if x not in ("", ".")): m
+                        for m in self.tf.getmembers()}
 
     def open(self, rel: str) -> BinaryIO:
         m = self.members.get("/".join(split_name(rel)))
