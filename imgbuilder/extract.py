@@ -261,6 +261,9 @@ def _octal(field: bytes) -> int:
     return int(field, 8) if field else 0
 
 
+_NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
+
+
 def _half_sum(block: bytes) -> int:
     # adler32's low half is 1 + the byte sum mod 65521; 256 bytes sum to at most 65280,
     # so each half of a header is summed exactly, in C.
@@ -292,10 +295,12 @@ def fast_header(buf: bytes) -> Entry | None:
         name = name_b.decode("utf-8", "surrogateescape")
         if kind == b"\0" and name.endswith("/"):
             kind = b"5"  # old tars mark directories only by the trailing slash
-        size = _octal(buf[124:136]) if kind in _REG_TYPES else 0
-        entry = Entry(name, b"0" if kind in _REG_TYPES else kind, _octal(buf[100:108]) & 0o7777,
-                      _octal(buf[108:116]), _octal(buf[116:124]), size,
-                      _octal(buf[136:148]) * 1_000_000_000)
+        # int() ignores surrounding spaces, so NULs become spaces once for all fields.
+        num = buf[100:148].translate(_NUL_TO_SPACE)
+        size = int(num[24:36], 8) if kind in _REG_TYPES else 0
+        entry = Entry(name, b"0" if kind in _REG_TYPES else kind, int(num[0:8], 8) & 0o7777,
+                      int(num[8:16], 8), int(num[16:24], 8), size,
+                      int(num[36:48], 8) * 1_000_000_000)
         if kind in b"12":
             entry.linkname = buf[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         elif kind in b"34":
@@ -314,6 +319,7 @@ class _Extractor:
         # Directories' mode, owner, mtime and xattrs, applied after all content.
         self.dirs: dict[tuple[str, ...], Entry] = {}
         self.root = os.geteuid() == 0
+        self.umask = _umask()
         self.stats = ExtractStats()
         self.name = ""
 
@@ -401,17 +407,22 @@ class _Extractor:
             return
         kind = ti.kind
         if kind == b"0":
+            mode = ti.mode
             try:
-                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, mode & 0o777, dir_fd=pfd)
             except FileExistsError:
                 self._remove(pfd, name, parts)
-                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, mode & 0o777, dir_fd=pfd)
             try:
                 if ti.size:
                     src.copy_to(fd, ti.size)
-                if not self.root or ti.uid or ti.gid:
+                chown = not self.root or ti.uid or ti.gid
+                if chown:
                     os.fchown(fd, ti.uid, ti.gid)
-                os.fchmod(fd, ti.mode)
+                # open() applied the mode minus the umask; chmod only when that differs
+                # or when there are setuid/setgid/sticky bits (which chown would clear).
+                if mode & self.umask or mode > 0o777 or (chown and mode & 0o6000):
+                    os.fchmod(fd, mode)
                 if ti.xattrs:
                     for k, v in self._allowed(ti.xattrs):
                         os.setxattr(fd, k, v)
@@ -533,6 +544,18 @@ class _Extractor:
                 for k, v in self._allowed(ti.xattrs):
                     os.setxattr(fd, k, v)
             os.utime(fd, ns=(ti.mtime_ns, ti.mtime_ns))
+
+
+def _umask() -> int:
+    # Read, not set: os.umask() would change it for every thread of the process.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777  # unknown: always chmod
 
 
 def _translate(e: OSError, name: str, dest: Path) -> Exception:

@@ -1,0 +1,146 @@
+"""Benchmark: ``imgbuilder import`` of a Debian rootfs tarball vs GNU tar on the same files.
+
+For gzip and zstd copies of the same rootfs tar (tests/support/rootfs.debian_python_tar(),
+Debian bookworm with python3, made by mmdebstrap), each repetition runs, from a cold store:
+
+- ``tar -xf FILE -C DIR``                        (GNU tar; it runs gzip/zstd as a child)
+- ``imgbuilder import --name deb --tar FILE``     (decompress, hash, extract, publish, fsync)
+- ``imgbuilder import ... --no-fsync``            (same, without the final syncfs)
+
+on each target filesystem (the disk under --dir, and tmpfs /dev/shm where the run is CPU
+bound). It prints the median of each and the ratio to GNU tar, and with --markdown FILE
+writes the table into that file's "Image import" section.
+
+    sudo .venv/bin/python bench/bench_import.py --reps 5 --markdown docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.rootfs import debian_python_tar  # noqa: E402
+
+
+def prepare(cache: Path) -> dict[str, Path]:
+    src = debian_python_tar()
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {"gzip": cache / "debian.tar.gz", "zstd": cache / "debian.tar.zst"}
+    if not out["gzip"].exists():
+        with open(out["gzip"], "wb") as f:
+            subprocess.run(["pigz", "-6", "-c", str(src)], stdout=f, check=True)
+    if not out["zstd"].exists():
+        subprocess.run(["zstd", "-q", "-3", str(src), "-o", str(out["zstd"])], check=True)
+    return out
+
+
+def timed(cmd: list[str]) -> float:
+    subprocess.run(["sync"], check=True)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def run(files: dict[str, Path], base: Path, reps: int) -> dict[tuple[str, str], list[float]]:
+    imgbuilder = [sys.executable, "-m", "imgbuilder", "import", "--name", "deb", "--tar"]
+    results: dict[tuple[str, str], list[float]] = {}
+    for kind, path in files.items():
+        for _ in range(reps):
+            for tool in ("GNU tar", "imgbuilder import", "imgbuilder import --no-fsync"):
+                work = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
+                try:
+                    if tool == "GNU tar":
+                        cmd = ["tar", "-xf", str(path), "-C", str(work)]
+                    else:
+                        cmd = [*imgbuilder, str(path), "--data-dir", str(work)]
+                        if tool.endswith("--no-fsync"):
+                            cmd.append("--no-fsync")
+                    results.setdefault((kind, tool), []).append(timed(cmd))
+                finally:
+                    shutil.rmtree(work)
+    return results
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def fs_type(path: Path) -> str:
+    return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def table(all_results: dict[str, dict[tuple[str, str], list[float]]]) -> str:
+    lines = ["| target | compression | tool | median (s) | min (s) | ratio to GNU tar |",
+             "|---|---|---|---|---|---|"]
+    for target, results in all_results.items():
+        for (kind, tool), times in results.items():
+            med = statistics.median(times)
+            ref = statistics.median(results[(kind, "GNU tar")])
+            lines.append(f"| {target} | {kind} | {tool} | {med:.2f} | {min(times):.2f} | "
+                         f"{med / ref:.2f}x |")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find("## Image import")
+    section = "## Image import\n\n" + body + "\n"
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 3)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dir", type=Path, default=Path("/var/tmp"),
+                    help="directory on the disk to extract into (default /var/tmp)")
+    ap.add_argument("--no-tmpfs", action="store_true", help="skip the /dev/shm runs")
+    ap.add_argument("--markdown", type=Path, help="write the table into this file")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("error: the benchmark needs root (imgbuilder import keeps owners and devices)")
+    files = prepare(Path(os.environ.get("SANDKASTEN_TEST_CACHE", "/var/cache/sandkasten-tests")))
+    src = debian_python_tar()
+    entries = int(subprocess.run(f"tar -tf {src} | wc -l", shell=True, capture_output=True,
+                                 text=True, check=True).stdout)
+    targets = {f"disk ({fs_type(args.dir)})": args.dir}
+    if not args.no_tmpfs:
+        targets["tmpfs"] = Path("/dev/shm")
+    all_results = {}
+    for label, base in targets.items():
+        all_results[label] = run(files, base, args.reps)
+    sizes = ", ".join(f"{k} {v.stat().st_size / 1e6:.0f} MB" for k, v in files.items())
+    body = (f"Debian bookworm + python3 rootfs (mmdebstrap): {src.stat().st_size / 1e6:.0f} MB "
+            f"tar, {entries} entries; {sizes}. {args.reps} repetitions, cold store each time, "
+            f"medians.\n\nMachine: {machine()}.\n\n{table(all_results)}\n")
+    print(body)
+    if args.markdown:
+        write_markdown(args.markdown, body)
+
+
+if __name__ == "__main__":
+    main()
