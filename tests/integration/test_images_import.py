@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from imgbuilder.flatten import max_layers
 from imgbuilder.images import ImageRecord
 from imgbuilder.store import Store
 from tests.support.imagecli import assert_one_line_error, imgbuilder
@@ -250,6 +251,20 @@ def test_flatten_on_import(tmp_path: Path) -> None:
     assert not (layer / "etc/motd").exists() and not (layer / "opt/old/x").exists()
     assert (layer / "opt/old/y").read_bytes() == b"y"
     assert (layer / "etc/os-release").exists()
+
+
+def test_too_many_layers_for_one_mount_are_flattened(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    limit = max_layers(Store(data_dir))
+    many = [TarBuilder().file(f"f{i}", str(i).encode()).whiteout(f"f{i - 1}").bytes()
+            for i in range(limit + 3)]
+    write_oci_layout(tmp_path / "layout", many, compression="none")
+    proc = imgbuilder("import", "--name", "tall", "--tar", tmp_path / "layout", data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr
+    store = Store(data_dir)
+    rec = store.get_image("tall")
+    assert rec.flattened and len(rec.layers) == 1
+    assert sorted(p.name for p in store.layer_paths(rec)[0].iterdir()) == [f"f{limit + 2}"]
 
 
 @pytest.mark.parametrize(("args", "needles"), [
