@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -299,3 +300,19 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(small)], check=True)
     shutil.rmtree(small)
+
+
+def test_sandkasten_image_group_uses_the_same_store(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_oci_layout(tmp_path / "layout", _layers(), compression="gzip")
+    assert imgbuilder("import", "--name", "app", "--tar", tmp_path / "layout",
+                      data_dir=data_dir).returncode == 0
+    env = dict(os.environ, SANDKASTEN_DATA_DIR=str(data_dir))
+    run = [sys.executable, "-c", "from sandkasten.cli import main; main()", "image"]
+    listed = subprocess.run([*run, "list", "--json"], capture_output=True, text=True, env=env,
+                            check=True)
+    assert [i["name"] for i in json.loads(listed.stdout)] == ["app"]
+    rm = subprocess.run([*run, "rm", "app"], capture_output=True, text=True, env=env)
+    assert rm.returncode == 0, rm.stderr
+    again = subprocess.run([*run, "inspect", "app"], capture_output=True, text=True, env=env)
+    assert again.returncode == 1 and again.stderr.startswith("error: image not found: app")
