@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -101,7 +102,6 @@ def test_docker_export_round_trip(tmp_path: Path, kind: str, file_name: str,
     assert compare_trees(expected, layer, mtime=True) == []
     rec = Store(data_dir).get_image("bb")
     assert rec.source == "import" and rec.config["Env"][0].startswith("PATH=")
-    import hashlib
     assert rec.layers[0].diff_id == "sha256:" + hashlib.sha256(plain.read_bytes()).hexdigest()
     listed = json.loads(imgbuilder("list", "--json", data_dir=data_dir).stdout)
     assert [(i["name"], i["layers"]) for i in listed] == [("bb", 1)]
