@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,16 +46,24 @@ def prepare(cache: Path) -> dict[str, Path]:
     return out
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the command and its children)."""
     subprocess.run(["sync"], check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
-def run(files: dict[str, Path], base: Path, reps: int) -> dict[tuple[str, str], list[float]]:
+Results = dict[tuple[str, str], list[tuple[float, float]]]
+
+
+def run(files: dict[str, Path], base: Path, reps: int) -> Results:
     imgbuilder = [sys.executable, "-m", "imgbuilder", "import", "--name", "deb", "--tar"]
-    results: dict[tuple[str, str], list[float]] = {}
+    results: Results = {}
     for kind, path in files.items():
         for _ in range(reps):
             for tool in ("GNU tar", "imgbuilder import", "imgbuilder import --no-fsync"):
@@ -90,15 +99,18 @@ def fs_type(path: Path) -> str:
                           text=True, check=True).stdout.strip()
 
 
-def table(all_results: dict[str, dict[tuple[str, str], list[float]]]) -> str:
-    lines = ["| target | compression | tool | median (s) | min (s) | ratio to GNU tar |",
-             "|---|---|---|---|---|---|"]
+def table(all_results: dict[str, Results]) -> str:
+    lines = ["| target | compression | tool | median wall (s) | min wall (s) | wall ratio | "
+             "median CPU (s) | CPU ratio |", "|---|---|---|---|---|---|---|---|"]
     for target, results in all_results.items():
-        for (kind, tool), times in results.items():
-            med = statistics.median(times)
-            ref = statistics.median(results[(kind, "GNU tar")])
-            lines.append(f"| {target} | {kind} | {tool} | {med:.2f} | {min(times):.2f} | "
-                         f"{med / ref:.2f}x |")
+        for (kind, tool), runs in results.items():
+            walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+            ref = results[(kind, "GNU tar")]
+            ref_wall = statistics.median(w for w, _ in ref)
+            ref_cpu = statistics.median(c for _, c in ref)
+            med, cpu = statistics.median(walls), statistics.median(cpus)
+            lines.append(f"| {target} | {kind} | {tool} | {med:.2f} | {min(walls):.2f} | "
+                         f"{med / ref_wall:.2f}x | {cpu:.2f} | {cpu / ref_cpu:.2f}x |")
     return "\n".join(lines)
 
 

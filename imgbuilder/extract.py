@@ -345,7 +345,7 @@ class _Extractor:
         if fd is not None:
             self.cache.move_to_end(parts)
             return fd
-        parent = self.dir_fd(parts[:-1], create)
+        parent = self.dir_fd(parts[:-1], create)  # never evicted while in use: see trim()
         name = parts[-1]
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
@@ -364,10 +364,14 @@ class _Extractor:
                 ) from None
             raise
         self.cache[parts] = fd
-        if len(self.cache) > _DIR_CACHE:
+        return fd
+
+    def trim(self) -> None:
+        """Close the least recently used descriptors; called between members only, so no
+        descriptor an operation holds is ever closed (and its number reused) under it."""
+        while len(self.cache) > _DIR_CACHE:
             _, old = self.cache.popitem(last=False)
             os.close(old)
-        return fd
 
     def _remove(self, pfd: int, name: str, parts: tuple[str, ...]) -> os.stat_result:
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -381,6 +385,8 @@ class _Extractor:
     # -- members -----------------------------------------------------------------------
     def member(self, ti: Entry, src: _Source) -> None:
         self.name = ti.name
+        if len(self.cache) > _DIR_CACHE:
+            self.trim()
         m = classify(ti.name)
         st = self.stats
         st.entries += 1
@@ -536,6 +542,7 @@ class _Extractor:
         for parts in sorted(self.dirs, key=len, reverse=True):
             ti = self.dirs[parts]
             self.name = ti.name
+            self.trim()
             fd = self.dir_fd(parts, create=False)
             if not parts and (not self.root or ti.uid or ti.gid):
                 os.fchown(fd, ti.uid, ti.gid)

@@ -260,13 +260,17 @@ def _record(config: dict[str, Any], layers: list[LayerRecord], *, reference: str
 
 def import_layout(store: Store, layout: _Layout, *, ref: str | None, plat: str | None,
                   sync: bool) -> ImageRecord:
-    if layout.exists("oci-layout") or layout.exists("index.json"):
-        rec, config_bytes = _oci_image(store, layout, ref, plat, sync)
-    elif layout.exists("manifest.json"):
-        rec, config_bytes = _docker_image(store, layout, ref, sync)
-    else:
-        raise ImportFormatError("neither an OCI layout (oci-layout, index.json) nor a docker "
-                                "save archive (manifest.json)")
+    """Import the image a layout or archive describes (records are returned, not written)."""
+    try:
+        if layout.exists("oci-layout") or layout.exists("index.json"):
+            rec, config_bytes = _oci_image(store, layout, ref, plat, sync)
+        elif layout.exists("manifest.json"):
+            rec, config_bytes = _docker_image(store, layout, ref, sync)
+        else:
+            raise ImportFormatError("neither an OCI layout (oci-layout, index.json) nor a "
+                                    "docker save archive (manifest.json)")
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ImportFormatError(f"malformed image metadata (missing or wrong field {e})") from None
     _keep_blob(store, config_bytes)
     return rec
 

@@ -316,3 +316,25 @@ def test_sandkasten_image_group_uses_the_same_store(tmp_path: Path) -> None:
     assert rm.returncode == 0, rm.stderr
     again = subprocess.run([*run, "inspect", "app"], capture_output=True, text=True, env=env)
     assert again.returncode == 1 and again.stderr.startswith("error: image not found: app")
+
+
+def test_malformed_layout_is_one_line(tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, _layers())
+    (layout / "index.json").write_text('{"manifests": [{"mediaType": "x"}]}')
+    assert_one_line_error(imgbuilder("import", "--name", "x", "--tar", layout,
+                                     data_dir=tmp_path / "data"), "malformed")
+
+
+def test_commands_that_need_root_say_so(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+              "-m", "imgbuilder"]
+    for args in (["import", "--name", "x", "--tar", "/dev/null"], ["mount", "x", str(tmp_path)],
+                 ["umount", str(tmp_path)]):
+        proc = subprocess.run([*nobody, *args, *(["--data-dir", str(data_dir)]
+                                                 if args[0] != "umount" else [])],
+                              capture_output=True, text=True, cwd="/")
+        assert_one_line_error(proc, "needs root", "sudo")  # type: ignore[arg-type]
