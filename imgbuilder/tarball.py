@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 from imgbuilder.compression import open_decompressed
 from imgbuilder.errors import ImportFormatError, LayerError
 from imgbuilder.images import ImageRecord, LayerRecord, is_digest, runtime_config
-from imgbuilder.layers import HashingReader, add_layer, add_layer_stream, unpacked_size
+from imgbuilder.layers import add_layer, add_layer_stream, unpacked_size
 from imgbuilder.store import Store
 from imgbuilder.whiteout import split_name
 
@@ -339,22 +339,21 @@ def import_image(store: Store, source: str, name: str, *, ref: str | None = None
             raise ImportFormatError(f"{source} is a directory without oci-layout or "
                                     "manifest.json")
         return import_layout(store, _DirLayout(path), ref=ref, plat=plat, sync=sync)
-    with _input(source) as f:
-        raw = HashingReader(f)
-        with open_decompressed(raw) as stream:
-            if not is_image_archive(stream.peek()):
-                layer = add_layer_stream(store, stream, raw, sync=sync)
-                layer.digest = None if stream.compression == "none" else layer.digest
-                ref_name = "" if source == "-" else f"file://{path.absolute()}"
-                return record_for_rootfs(store, layer, reference=ref_name, source="import")
-            if source != "-" and stream.compression == "none":
-                archive: Path | None = path
-                spool = None
-            else:
-                spool = store.new_layer_tmpdir()
-                archive = spool / "archive.tar"
-                with open(archive, "wb") as out:
-                    shutil.copyfileobj(stream, out, 1 << 20)
+    with _input(source) as f, open_decompressed(f) as stream:
+        if not is_image_archive(stream.peek()):
+            # No blob is kept for a rootfs, so only the diff_id is computed.
+            layer = add_layer_stream(store, stream, None, sync=sync)
+            layer.digest = None
+            ref_name = "" if source == "-" else f"file://{path.absolute()}"
+            return record_for_rootfs(store, layer, reference=ref_name, source="import")
+        if source != "-" and stream.compression == "none":
+            archive: Path | None = path
+            spool = None
+        else:
+            spool = store.new_layer_tmpdir()
+            archive = spool / "archive.tar"
+            with open(archive, "wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
     try:
         assert archive is not None
         layout = _TarLayout(archive)
