@@ -65,6 +65,8 @@ def reported_errors() -> Iterator[None]:
                  hint="free space in the data directory, or run `imgbuilder prune`")
         if e.errno in (errno.EACCES, errno.EPERM):
             fail(f"permission denied: {e.filename or e.strerror}", hint="run it with sudo")
+        if e.errno == errno.ENOENT and e.filename:
+            fail(f"no such file or directory: {e.filename}")
         fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except Exception as e:
         if os.environ.get("SANDKASTEN_DEBUG"):

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 from pathlib import Path
 
@@ -338,3 +339,20 @@ def test_commands_that_need_root_say_so(tmp_path: Path) -> None:
                                                  if args[0] != "umount" else [])],
                               capture_output=True, text=True, cwd="/")
         assert_one_line_error(proc, "needs root", "sudo")  # type: ignore[arg-type]
+
+
+def test_list_works_without_root_and_without_a_data_dir() -> None:
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+              "-m", "imgbuilder"]
+    # pytest's tmp_path is under a 0700 directory: use one the user "nobody" can reach.
+    base = Path(tempfile.mkdtemp(prefix="layers-nobody-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    missing = base / "not-created-yet"
+    proc = subprocess.run([*nobody, "list", "--data-dir", str(missing)], capture_output=True,
+                          text=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert "no images" in proc.stderr and "imgbuilder import --name python" in proc.stderr
+    proc = subprocess.run([*nobody, "prune", "--data-dir", str(missing)], capture_output=True,
+                          text=True, cwd="/")
+    shutil.rmtree(base)
+    assert_one_line_error(proc, "permission denied", "sudo")  # type: ignore[arg-type]
