@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/var/tmp"),
                     help="directory on the disk to extract into (default /var/tmp)")
     ap.add_argument("--no-tmpfs", action="store_true", help="skip the /dev/shm runs")
+    ap.add_argument("--no-disk", action="store_true", help="skip the runs on --dir")
     ap.add_argument("--markdown", type=Path, help="write the table into this file")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -160,7 +161,7 @@ def main() -> None:
     src = debian_python_tar()
     entries = int(subprocess.run(f"tar -tf {src} | wc -l", shell=True, capture_output=True,
                                  text=True, check=True).stdout)
-    targets = {f"disk ({fs_type(args.dir)})": args.dir}
+    targets = {} if args.no_disk else {f"disk ({fs_type(args.dir)})": args.dir}
     if not args.no_tmpfs:
         targets["tmpfs"] = Path("/dev/shm")
     all_results = {}

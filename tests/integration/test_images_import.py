@@ -11,6 +11,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -356,3 +357,37 @@ def test_list_works_without_root_and_without_a_data_dir() -> None:
                           text=True, cwd="/")
     shutil.rmtree(base)
     assert_one_line_error(proc, "permission denied", "sudo")  # type: ignore[arg-type]
+
+
+def test_kill_9_mid_import_publishes_nothing_and_next_import_recovers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    b = TarBuilder()
+    for i in range(8):
+        b.file(f"blob{i}", os.urandom(1 << 20))
+    tar = compress(b.bytes(), "gzip")
+    proc = subprocess.Popen([sys.executable, "-m", "imgbuilder", "import", "--name", "k",
+                             "--tar", "-", "--data-dir", str(data_dir)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    proc.stdin.write(tar[: len(tar) // 2])  # half the layer, then the process dies
+    proc.stdin.flush()
+    layers = data_dir / "layers"
+    seen = False
+    for _ in range(200):
+        if layers.is_dir() and any((p / "blob0").exists() for p in layers.glob(".tmp-*")):
+            seen = True  # killed while extracting, with part of the layer on disk
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    assert seen
+    assert [p.name for p in layers.iterdir() if not p.name.startswith(".tmp-")] == []
+    assert not (data_dir / "images/k.json").exists()
+    (tmp_path / "k.tar.gz").write_bytes(tar)
+    again = imgbuilder("import", "--name", "k", "--tar", tmp_path / "k.tar.gz",
+                       data_dir=data_dir)
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in layers.iterdir() if p.name.startswith(".tmp-")] == []
+    assert (Store(data_dir).layer_paths(Store(data_dir).get_image("k"))[0] / "blob7").exists()
