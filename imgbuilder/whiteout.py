@@ -16,7 +16,7 @@ any ``..`` component are refused here, before any file system call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imgbuilder.errors import LayerError
 
@@ -26,8 +26,7 @@ META_PREFIX = ".wh..wh."
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """What one tar member name means for the layer directory.
 
     ``kind`` is ``entry`` (create ``parts``), ``whiteout`` (hide ``parts``), ``opaque`` (make
