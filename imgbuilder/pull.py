@@ -120,6 +120,10 @@ class _BlobSource(io.RawIOBase):
         self._thread: threading.Thread | None = None
         self._buf = memoryview(b"")
         self._eof = False
+        # The terminal item (EOF or the fetcher's error), kept so that every reader sees
+        # it: after an extraction error the decompressor thread and our drain() may both
+        # be reading, and a terminal item taken by one must not leave the other waiting.
+        self._final: list[bytes | BaseException | None] = []
         fh.seek(0)
 
     def readable(self) -> bool:
@@ -157,12 +161,17 @@ class _BlobSource(io.RawIOBase):
             )
             self._thread.start()
         while True:
+            if self._final:
+                item = self._final[0]
+                break
             try:
                 item = self._queue.get(timeout=0.5)
                 break
             except queue.Empty:
                 if self._cancel.is_set():
                     raise _Cancelled from None
+        if item is None or isinstance(item, BaseException):
+            self._final[:] = [item]
         if isinstance(item, BaseException):
             raise item
         if item is not None:
@@ -323,12 +332,17 @@ class _LayerJob:
             self.emit(PullEvent("layer_skipped", desc.digest, desc.size, desc.size))
             return
         fh = _open_locked_partial(store, desc.digest)
+        partial = store.partial_blob_path(desc.digest)
         try:
-            # Another pull may have committed this layer while we waited for the lock.
+            # Another pull may have committed this layer while we waited for the lock;
+            # then the partial file is the empty one we just created: remove it (we hold
+            # its lock, and any later waiter notices the unlinked inode and reopens).
+            done_elsewhere = store.has_layer(self.diff_id) or store.has_blob(desc.digest)
+            if done_elsewhere and os.fstat(fh.fileno()).st_size == 0:
+                partial.unlink(missing_ok=True)
             if store.has_layer(self.diff_id):
                 self.emit(PullEvent("layer_skipped", desc.digest, desc.size, desc.size))
                 return
-            partial = store.partial_blob_path(desc.digest)
             if store.has_blob(desc.digest):
                 # Crashed between commit_blob and commit_layer: the verified blob is
                 # local; extract from it (verified again on the way) instead of the network.
@@ -394,6 +408,9 @@ class _LayerJob:
                 # Undecompressable or unextractable content. Blame the transfer if the blob
                 # does not match its digest (read to EOF to know); else the layer itself is
                 # bad, and that error stands. Either way nothing is kept.
+                stream, closing = None, stream
+                if closing is not None:
+                    closing.close()  # stop the decompressor before draining its source
                 if partial is not None:
                     try:
                         source.drain()

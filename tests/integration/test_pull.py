@@ -165,13 +165,15 @@ def test_pull_again_downloads_only_what_changed(registry, tmp_path):
 
 
 def assert_one_error(proc, *needles):
+    """Exit 1; exactly one ``error:`` line, last but for an optional ``hint:``; no traceback."""
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[0].startswith("error: "), proc.stderr
-    assert all(line.startswith(("error: ", "hint: ")) for line in lines), proc.stderr
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert all(line.startswith("hint: ") for line in lines[errors[0] + 1 :]), proc.stderr
     assert "Traceback" not in proc.stderr
     for n in needles:
-        assert n in lines[0], proc.stderr
+        assert n in lines[errors[0]], proc.stderr
 
 
 def test_cli_pull_plain_progress_and_quiet(registry, rich_image, tmp_path):
