@@ -43,7 +43,7 @@ BASE = [
     hardlink("usr/bin/python3.11", "usr/bin/python3"),
     symlink("usr/bin/python", "python3"), symlink("etc/abs", "/etc/os-release"),
     fifo("run-fifo"),
-    file("cap-file", b"ping", xattrs={"user.origin": "layer1", "user.empty": ""}),
+    file("cap-file", b"ping", xattrs={"user.origin": "layer1", "user.sk.note": "two words"}),
     file(LONG, b"long name"),
     directory("var/cache"), file("var/cache/a", b"a"), file("var/cache/b", b"b"),
     directory("opt/app"), file("opt/app/old.py", b"old"),
