@@ -66,6 +66,11 @@ def reported_errors() -> Iterator[None]:
         if e.errno in (errno.EACCES, errno.EPERM):
             fail(f"permission denied: {e.filename or e.strerror}", hint="run it with sudo")
         fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except Exception as e:
+        if os.environ.get("SANDKASTEN_DEBUG"):
+            raise
+        fail(f"unexpected {type(e).__name__}: {e}",
+             hint="this is a bug; run again with SANDKASTEN_DEBUG=1 for a traceback")
 
 
 def errors(fn: Callable[..., T]) -> Callable[..., T]:

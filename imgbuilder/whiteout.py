@@ -56,6 +56,11 @@ def split_name(name: str) -> tuple[str, ...]:
 
 def classify(name: str) -> Member:
     """Classify a member name (see the module docstring). Pure; raises LayerError."""
+    plain = name[2:] if name.startswith("./") else name
+    if plain and "/." not in plain and "//" not in plain and "\x00" not in plain and \
+            plain[0] not in "./":
+        # The common case, without a "." or ".." component or any dot-file: no whiteout.
+        return Member("entry", tuple(plain.rstrip("/").split("/")))
     parts = split_name(name)
     if not parts:
         return Member("entry", ())
