@@ -47,6 +47,7 @@ from typing import Any
 from imgbuilder.compression import open_decompressed
 from imgbuilder.errors import ImageError, StoreError
 from imgbuilder.extract import extract_layer
+from imgbuilder.flatten import flatten_image, max_layers
 from imgbuilder.fscheck import check_layer_filesystem
 from imgbuilder.images import ImageRecord, LayerRecord
 from imgbuilder.store import Store
@@ -55,8 +56,9 @@ from registry.errors import DigestMismatchError, RegistryError
 from registry.manifest import Descriptor
 from registry.reference import Reference, parse_reference
 
-#: overlayfs takes at most ~500 lowerdirs and the mount option string is one page; well
-#: below both, images with more layers are flattened into one directory.
+#: overlayfs stacks at most 500 lowerdirs and the mount options must fit one page
+#: (``flatten.max_layers`` computes that for the store's path); images with more layers
+#: than this, or than that, are flattened into one directory.
 MAX_OVERLAY_LAYERS = 100
 RUN_CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts",
                    "StopSignal", "Volumes")
@@ -552,9 +554,7 @@ def pull_image(
                 raise StoreError(f"cannot write to {store.data_dir}: {e}") from None
             sizes = _run_layers(store, rc, resolved, emit, max_concurrency)
             rec = _record(name, resolved, sizes)
-            if flatten or len(rec.layers) > MAX_OVERLAY_LAYERS:
-                from imgbuilder.flatten import flatten_image
-
+            if flatten or len(rec.layers) > min(MAX_OVERLAY_LAYERS, max_layers(store)):
                 rec = flatten_image(store, rec)
             store.write_image(rec)
     finally:

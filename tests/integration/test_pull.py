@@ -228,3 +228,21 @@ def test_cli_auth_registry(auth_registry, tmp_path):
     assert proc.returncode == 0, proc.stderr
     names = {r.name for r in Store(tmp_path / "data").list_images()}
     assert names == {"tool", "viaconfig", "viaenv"}
+
+
+def test_flatten_on_request_and_for_too_many_layers(registry, rich_image, tmp_path):
+    store = Store(tmp_path / "data")
+    rec, _ = pull(store, f"{registry.host}/pull/rich:1", flatten=True, name="flat")
+    assert rec.flattened and len(rec.layers) == 1
+    flat = store.layer_paths(rec)[0]
+    assert (flat / "opt/app/new.py").exists() and not (flat / "opt/app/old.py").exists()
+    assert not (flat / "var/cache/a").exists() and (flat / "var/cache/b").exists()
+    assert stat.S_IMODE(os.lstat(flat / "usr/bin/su").st_mode) == 0o4755
+    assert rec.manifest_digest == rich_image.manifest_digest
+
+    many = [[file(f"f{i}", str(i).encode())] for i in range(101)]
+    push_image(registry, "pull/many", "1", many)
+    rec, _ = pull(store, f"{registry.host}/pull/many:1")
+    assert rec.flattened and len(rec.layers) == 1
+    assert sorted(p.name for p in store.layer_paths(rec)[0].iterdir()) == sorted(
+        f"f{i}" for i in range(101))
