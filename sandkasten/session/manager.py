@@ -36,6 +36,17 @@ from sandkasten.store.db import SessionRow, StateDB
 log = logging.getLogger("sandkasten")
 
 
+def pid_alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its parent counts as
+    gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
 def iso(ts: float) -> str:
     """Epoch seconds → ``2026-02-08T10:00:00Z`` (the Go daemon's format)."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -242,21 +253,26 @@ class SessionManager:
         log.info("session destroyed id=%s reason=%s", session_id, reason)
 
     async def reap(self, now: float | None = None) -> list[str]:
-        """Destroy every session whose ``expires_at`` has passed (concurrently: one slow
-        teardown does not hold up the others); return their ids."""
+        """Destroy every session whose ``expires_at`` has passed, or whose sandbox died
+        (its PID 1 exited: killed, OOM), concurrently, so one slow teardown does not hold up
+        the others; return their ids."""
         now = time.time() if now is None else now
-        due = [r.id for r in self._rows.values() if r.expires_at <= now]
+        due = {r.id: "expired" for r in self._rows.values() if r.expires_at <= now}
+        for sid, sandbox in self._sandboxes.items():
+            pid = getattr(sandbox, "pid", 0)
+            if sid not in due and pid > 0 and not pid_alive(pid):
+                due[sid] = "sandbox exited"
 
         async def one(sid: str) -> None:
             try:
-                await self.destroy(sid, reason="expired")
+                await self.destroy(sid, reason=due[sid])
             except NotFoundError:
                 pass  # deleted by a request meanwhile
             except Exception:
                 log.exception("destroying expired session failed id=%s", sid)
 
         await asyncio.gather(*(one(sid) for sid in due))
-        return due
+        return list(due)
 
     # ---- restart --------------------------------------------------------------------------
     async def restore(self) -> tuple[int, int]:

@@ -268,6 +268,17 @@ def test_restart_after_sigkill_reattaches_live_sessions(daemon: DaemonProcess) -
     assert "INFO stopped" in daemon.log()
 
 
+def test_a_sandbox_killed_from_outside_is_cleaned_up(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        sid = c.post("/v1/sessions", json={"image": "busybox"}).json()["id"]
+        os.kill(_runner_pid(daemon, sid), signal.SIGKILL)  # e.g. the OOM killer
+        deadline = time.monotonic() + 10
+        while c.get(f"/v1/sessions/{sid}").status_code == 200 or session_dirs(daemon):
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.2)
+    assert f"session destroyed id={sid} reason=sandbox exited" in daemon.log()
+
+
 def test_keep_sessions_on_shutdown(daemon_factory: Any) -> None:
     d: DaemonProcess = daemon_factory(keep_sessions_on_shutdown=True)
     with d.client() as c:

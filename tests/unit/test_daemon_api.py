@@ -614,3 +614,15 @@ def test_deleting_an_image_drains_its_pool(tmp_path: Path) -> None:
         time.sleep(0.3)
         assert len(rt.created) == 2  # nothing refilled for a deleted image
         err(api.c.post("/v1/sessions", json={}), 404, "image_not_found")
+
+
+def test_sessions_whose_sandbox_died_are_removed(api: Api) -> None:
+    import subprocess
+
+    sid, keep = api.session(), api.session()
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    api.runtime.live[sid].pid = proc.pid  # this sandbox's PID 1 is gone
+    _wait(lambda: api.c.get(f"/v1/sessions/{sid}").status_code == 404)
+    assert api.runtime.live[sid].destroyed and sid not in api.images.leases
+    assert api.c.get(f"/v1/sessions/{keep}").status_code == 200
