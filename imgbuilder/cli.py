@@ -28,6 +28,7 @@ from imgbuilder.cli_common import (
 from imgbuilder.flatten import export_tar, flatten_image, max_layers
 from imgbuilder.fscheck import check_layer_filesystem
 from imgbuilder.images import ImageRecord, validate_name
+from imgbuilder.pull_cli import pull_command
 
 app = typer.Typer(
     name="imgbuilder",
@@ -245,6 +246,7 @@ def bootstrap_command(
     print(f"bootstrapped {name} from {suite}: {human_size(rec.size)}, digest {rec.digest}")
 
 
+app.command("pull")(pull_command)
 app.command("import")(import_command)
 app.command("list")(list_command)
 app.command("inspect")(inspect_command)
@@ -257,6 +259,7 @@ app.command("umount")(umount_command)
 app.command("prune")(prune_command)
 app.command("bootstrap")(bootstrap_command)
 
+image_app.command("pull")(pull_command)
 image_app.command("list")(list_command)
 image_app.command("inspect")(inspect_command)
 image_app.command("validate")(validate_command)

@@ -142,9 +142,8 @@ class StoreImages:
         platform: str | None,
         progress: Callable[[dict[str, Any]], None],
     ) -> dict[str, Any]:
-        from imgbuilder.pull import pull_image
-
         from imgbuilder.errors import ImageError
+        from imgbuilder.pull import pull_image
 
         kwargs: dict[str, Any] = {
             "name": name,
