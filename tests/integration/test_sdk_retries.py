@@ -59,9 +59,11 @@ def dropping() -> Iterator[DroppingServer]:
 
 
 def test_get_is_retried_after_a_dropped_connection(dropping: DroppingServer) -> None:
-    with SyncSandboxClient(f"http://127.0.0.1:{dropping.port}", "k", max_retries=2) as c:
-        with pytest.raises(SandkastenConnectionError, match="cannot reach"):
-            c.list_sessions()
+    with (
+        SyncSandboxClient(f"http://127.0.0.1:{dropping.port}", "k", max_retries=2) as c,
+        pytest.raises(SandkastenConnectionError, match="cannot reach"),
+    ):
+        c.list_sessions()
     assert dropping.requests == [b"GET /v1/sessions HTTP/1.1"] * 3
 
 
@@ -79,6 +81,8 @@ def test_unreachable_daemon_is_one_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
-        with SyncSandboxClient(f"http://127.0.0.1:{port}", "k", max_retries=1) as c:
-            with pytest.raises(SandkastenConnectionError, match=f"127.0.0.1:{port}.*running"):
-                c.create_session("python")
+        with (
+            SyncSandboxClient(f"http://127.0.0.1:{port}", "k", max_retries=1) as c,
+            pytest.raises(SandkastenConnectionError, match=f"127.0.0.1:{port}.*running"),
+        ):
+            c.create_session("python")
