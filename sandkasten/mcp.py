@@ -1,0 +1,112 @@
+"""``sandkasten mcp``: an MCP server (stdio) that gives any MCP client a sandbox.
+
+Tools: ``exec``, ``write``, ``read``, ``list`` (the same as the OpenAI Agents tools, see
+``sandkasten.sdk.tools``). The server creates its session on the first tool call, from
+``--image`` (default: the daemon's default image), and destroys it when the client
+disconnects; ``--session ID`` attaches to an existing session instead and leaves it alive.
+Needs the extra ``mcp`` (``pip install 'sandkasten[mcp]'``); stdout carries only the
+protocol, diagnostics go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandkasten.sdk import SandboxClient, Session
+from sandkasten.sdk.tools import TOOL_DESCRIPTIONS, SandboxTools
+
+
+@dataclass
+class SessionHolder:
+    """Creates the session once, on first use, and owns it unless it was attached."""
+
+    client: SandboxClient
+    image: str | None = None
+    workspace_id: str | None = None
+    ttl_seconds: int | None = None
+    session_id: str | None = None
+    _tools: SandboxTools | None = None
+    _owned: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def tools(self) -> SandboxTools:
+        async with self._lock:
+            if self._tools is None:
+                session: Session
+                if self.session_id:
+                    session = await self.client.get_session(self.session_id)
+                else:
+                    session = await self.client.create_session(
+                        self.image, workspace_id=self.workspace_id, ttl_seconds=self.ttl_seconds
+                    )
+                    self._owned = True
+                self._tools = SandboxTools(session)
+            return self._tools
+
+    async def close(self) -> None:
+        if self._tools is not None and self._owned:
+            with contextlib.suppress(Exception):
+                await self._tools.session.destroy()
+        await self.client.aclose()
+
+
+def build_server(holder: SessionHolder) -> Any:
+    """The MCPServer with the four tools bound to ``holder``'s session."""
+    try:
+        from mcp.server.mcpserver import MCPServer
+    except ImportError as e:
+        raise ImportError("the MCP SDK is not installed: pip install 'sandkasten[mcp]'") from e
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: Any) -> AsyncIterator[None]:
+        try:
+            yield None
+        finally:
+            await holder.close()
+
+    server = MCPServer(
+        "sandkasten",
+        instructions=(
+            "A Linux sandbox with a persistent shell. Use exec to run commands, write/read "
+            "for files and list for directories; the workspace is /workspace."
+        ),
+        lifespan=lifespan,
+    )
+
+    @server.tool(name="exec", description=TOOL_DESCRIPTIONS["exec"])
+    async def exec_(cmd: str, timeout_ms: int | None = None) -> str:
+        return await (await holder.tools()).exec(cmd, timeout_ms)
+
+    @server.tool(name="write", description=TOOL_DESCRIPTIONS["write"])
+    async def write(path: str, content: str) -> str:
+        return await (await holder.tools()).write(path, content)
+
+    @server.tool(name="read", description=TOOL_DESCRIPTIONS["read"])
+    async def read(path: str) -> str:
+        return await (await holder.tools()).read(path)
+
+    @server.tool(name="list", description=TOOL_DESCRIPTIONS["list"])
+    async def list_(path: str = "/workspace") -> str:
+        return await (await holder.tools()).list(path)
+
+    return server
+
+
+def serve(
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    image: str | None = None,
+    workspace_id: str | None = None,
+    ttl_seconds: int | None = None,
+    session_id: str | None = None,
+) -> None:
+    """Run the stdio MCP server until the client closes stdin."""
+    holder = SessionHolder(SandboxClient(url, api_key), image=image, workspace_id=workspace_id,
+                           ttl_seconds=ttl_seconds, session_id=session_id)
+    server = build_server(holder)
+    asyncio.run(server.run_stdio_async())
