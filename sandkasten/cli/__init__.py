@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 app.add_typer(image_app, name="image", help="Pull, list and manage images.")
 
+from sandkasten.cli import ops  # noqa: E402 - registers on the app defined above
+
+ops.register(app)
+
 
 def main() -> None:
     app()
