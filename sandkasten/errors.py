@@ -22,3 +22,49 @@ class SandkastenError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ConfigError(SandkastenError):
+    code = "config_error"
+
+
+class ValidationError(SandkastenError):
+    code = "invalid_request"
+    status = 400
+
+
+class UnauthorizedError(SandkastenError):
+    code = "unauthorized"
+    status = 401
+
+
+class NotFoundError(SandkastenError):
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(SandkastenError):
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLargeError(SandkastenError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnprocessableError(SandkastenError):
+    """A well-formed request the daemon's policy refuses (image not allowed, feature disabled)."""
+
+    code = "unprocessable"
+    status = 422
+
+
+class RuntimeSetupError(SandkastenError):
+    code = "runtime_setup"
+
+
+def with_code(err: SandkastenError, code: str) -> SandkastenError:
+    """Give one error instance a more precise stable code (``image_not_found``, …)."""
+    err.code = code
+    return err

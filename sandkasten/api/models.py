@@ -1,0 +1,174 @@
+"""Request and response bodies of the REST API (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSession(_Req):
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="image name; default: the config's default_image",
+    )
+    ttl_seconds: int | None = Field(
+        default=None, gt=0, le=30 * 24 * 3600, description="lifetime; default: session_ttl_seconds"
+    )
+    workspace_id: str | None = Field(
+        default=None, description="persistent workspace mounted at /workspace"
+    )
+    cpu_limit: float | None = Field(default=None, gt=0, le=1024)
+    mem_limit_mb: int | None = Field(default=None, ge=16, le=1 << 22)
+    pids_limit: int | None = Field(default=None, ge=8, le=1 << 22)
+    network_mode: Literal["none"] | None = None
+
+
+class SessionOut(BaseModel):
+    id: str
+    image: str
+    status: str
+    cwd: str
+    workspace_id: str | None
+    created_at: str
+    expires_at: str
+
+
+class Ok(BaseModel):
+    ok: bool = True
+
+
+class StatsOut(BaseModel):
+    memory_bytes: int
+    memory_limit: int | None
+    cpu_usage_usec: int
+    pids: int
+
+
+class ExecRequest(_Req):
+    cmd: str = Field(description="shell command line, run in the session's persistent shell")
+    timeout_ms: int | None = Field(default=None, gt=0, description="capped by max_exec_timeout_ms")
+    raw_output: bool = False
+    split_output: bool = Field(default=False, description="separate stdout and stderr")
+
+
+class ExecOut(BaseModel):
+    exit_code: int
+    cwd: str
+    output: str
+    truncated: bool
+    duration_ms: int
+    timed_out: bool | None = Field(
+        default=None, description="present (true) only when the timeout hit"
+    )
+
+
+class SplitExecOut(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+    cwd: str
+    duration_ms: int
+    truncated: bool | None = Field(
+        default=None, description="present (true) only when output was cut"
+    )
+    timed_out: bool | None = Field(
+        default=None, description="present (true) only when the timeout hit"
+    )
+
+
+class WriteFile(_Req):
+    path: str = Field(min_length=1, max_length=4096)
+    text: str | None = None
+    content_base64: str | None = None
+    mode: int | None = Field(
+        default=None, ge=0, le=0o777, description="permission bits, default 0644"
+    )
+
+
+class WriteOut(BaseModel):
+    ok: bool = True
+    path: str
+    bytes: int
+
+
+class ReadOut(BaseModel):
+    path: str
+    content_base64: str
+    truncated: bool
+
+
+class Entry(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    mtime: float
+
+
+class ListOut(BaseModel):
+    path: str
+    entries: list[Entry]
+
+
+class UploadedFile(BaseModel):
+    path: str
+    bytes: int
+
+
+class UploadOut(BaseModel):
+    ok: bool = True
+    files: list[UploadedFile]
+
+
+class WorkspaceOut(BaseModel):
+    id: str
+    created_at: str
+    labels: dict[str, str]
+    sessions: list[str] = Field(description="live sessions using it")
+
+
+class WorkspaceList(BaseModel):
+    workspaces: list[WorkspaceOut]
+
+
+class ImportOut(BaseModel):
+    ok: bool = True
+    files: int
+    dirs: int
+    symlinks: int
+    skipped: int
+    bytes: int
+
+
+class ImageOut(BaseModel):
+    name: str
+    reference: str
+    digest: str
+    platform: str
+    layers: int
+    size: int
+    created: str | None = None
+    pulled_at: str | None = None
+    source: str
+
+
+class ImageList(BaseModel):
+    images: list[ImageOut]
+
+
+class PullRequest(_Req):
+    ref: str = Field(min_length=1, max_length=1024, examples=["python:3.12-slim"])
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    platform: str | None = Field(default=None, examples=["linux/amd64"])
+
+
+class Health(BaseModel):
+    status: str = "ok"
