@@ -268,7 +268,7 @@ class ExecStream:
                     continue
                 item = P.stream_event(*event)
                 if isinstance(item, ExecResult):
-                    self.result = item
+                    self.result = P.with_output(item, self._chunks)
                     return
                 if item:
                     self._chunks.append(item)
@@ -277,7 +277,7 @@ class ExecStream:
             if final is not None:
                 item = P.stream_event(*final)
                 if isinstance(item, ExecResult):
-                    self.result = item
+                    self.result = P.with_output(item, self._chunks)
                     return
         raise P.stream_ended_early()
 
@@ -286,11 +286,8 @@ class ExecStream:
         if not self._started:
             async for _ in self:
                 pass
-        assert self.result is not None
-        if not self.result.output and self._chunks:
-            from dataclasses import replace
-
-            self.result = replace(self.result, output="".join(self._chunks))
+        if self.result is None:
+            raise RuntimeError("the stream was closed before it finished")
         return self.result
 
 
@@ -374,10 +371,11 @@ class Session:
 
     async def upload(
         self, files: UploadSource | Iterable[UploadSource], path: str | None = None
-    ) -> Any:
+    ) -> builtins.list[str]:
         """Upload local files (paths) or ``(name, bytes)`` pairs into directory ``path``
-        (default /workspace). Returns the daemon's answer."""
-        return await self._client._call(P.upload("sessions", self.id, _upload_parts(files), path))
+        (default /workspace). Returns the paths written in the sandbox."""
+        data = await self._client._call(P.upload("sessions", self.id, _upload_parts(files), path))
+        return P.uploaded_paths(data)
 
     async def list(self, path: str = P.WORKSPACE) -> builtins.list[FileEntry]:
         data = await self._client._call(P.list_dir(self.id, path))

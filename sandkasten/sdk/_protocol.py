@@ -7,6 +7,7 @@ unit tests drive it with tables. Paths and bodies follow the daemon's API (docs/
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import posixpath
 import random
@@ -16,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ._errors import SandkastenAPIError, ServerError, error_from_response
-from ._models import ExecResult
+from ._models import ExecResult, unwrap_list
 
 WORKSPACE = "/workspace"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -247,6 +248,13 @@ class SSEDecoder:
         return None
 
 
+#: Status of an ``error`` event by its code (the HTTP status is already 200 by then).
+STREAM_ERROR_STATUS = {
+    "not_found": 404, "session_not_found": 404, "conflict": 409, "session_busy": 409,
+    "invalid_request": 400, "validation_error": 400, "cmd_too_large": 400,
+}
+
+
 def stream_event(event: str, data: str) -> str | ExecResult:
     """Interpret one event of ``/exec/stream``: ``chunk`` → text, ``done`` → the final
     result, ``error`` → the matching exception."""
@@ -259,7 +267,8 @@ def stream_event(event: str, data: str) -> str | ExecResult:
         return ExecResult.from_json(dict(payload) if isinstance(payload, Mapping) else {})
     if event == "error":
         if isinstance(payload, Mapping):
-            status = int(payload.get("status", 500))
+            status = int(payload.get("status") or STREAM_ERROR_STATUS.get(
+                str(payload.get("code", "")), 500))
             body = json.dumps(dict(payload)).encode()
             raise error_from_response(status, body)
         raise SandkastenAPIError(500, str(payload), "stream_error")
@@ -269,6 +278,18 @@ def stream_event(event: str, data: str) -> str | ExecResult:
                 return str(payload[key])
         return ""
     return payload if isinstance(payload, str) else str(payload)
+
+
+def with_output(result: ExecResult, chunks: list[str]) -> ExecResult:
+    """The ``done`` event carries no output: the result's output is the chunks joined."""
+    if result.output or not chunks:
+        return result
+    return dataclasses.replace(result, output="".join(chunks))
+
+
+def uploaded_paths(data: Any) -> list[str]:
+    """``{"ok": true, "files": [{"path", "bytes"}]}`` → the paths."""
+    return [str(f["path"]) for f in unwrap_list(data, "files") if isinstance(f, Mapping)]
 
 
 def stream_ended_early() -> ServerError:

@@ -187,6 +187,7 @@ class SyncExecStream:
         self._call = call
         self._started = False
         self.result: ExecResult | None = None
+        self._chunks: list[str] = []
 
     @property
     def exit_code(self) -> int | None:
@@ -207,19 +208,19 @@ class SyncExecStream:
                     continue
                 item = P.stream_event(*event)
                 if isinstance(item, ExecResult):
-                    self.result = item
+                    self.result = P.with_output(item, self._chunks)
                     return
                 if item:
+                    self._chunks.append(item)
                     yield item
         raise P.stream_ended_early()
 
     def wait(self) -> ExecResult:
-        chunks = list(self) if not self._started else []
-        assert self.result is not None
-        if not self.result.output and chunks:
-            from dataclasses import replace
-
-            self.result = replace(self.result, output="".join(chunks))
+        if not self._started:
+            for _ in self:
+                pass
+        if self.result is None:
+            raise RuntimeError("the stream was closed before it finished")
         return self.result
 
 
@@ -291,8 +292,9 @@ class SyncSession:
         return self.read(path, max_bytes=max_bytes).decode(encoding, errors)
 
     def upload(self, files: UploadSource | Iterable[UploadSource], path: str | None = None
-               ) -> Any:
-        return self._client._call(P.upload("sessions", self.id, _upload_parts(files), path))
+               ) -> builtins.list[str]:
+        data = self._client._call(P.upload("sessions", self.id, _upload_parts(files), path))
+        return P.uploaded_paths(data)
 
     def archive(self, path: str = P.WORKSPACE) -> bytes:
         return self._client._bytes(P.session_archive(self.id, path))
