@@ -176,6 +176,8 @@ class Wsl:
 
 
 def health_url(wsl: Wsl | None, config: str | None, url: str | None) -> str:
+    """--url, else $SANDKASTEN_URL, else localhost with the config's port (default 8080)."""
+    url = url or os.environ.get("SANDKASTEN_URL")
     if url:
         return url.rstrip("/").removesuffix("/v1") + "/healthz"
     port = None
