@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandkasten.sdk import SandboxClient, Session
+from sandkasten.sdk import SandboxClient, SandkastenClientError, Session
 from sandkasten.sdk.tools import TOOL_DESCRIPTIONS, SandboxTools
 
 
@@ -58,8 +59,17 @@ def build_server(holder: SessionHolder) -> Any:
     """The MCPServer with the four tools bound to ``holder``'s session."""
     try:
         from mcp.server.mcpserver import MCPServer
+        from mcp.server.mcpserver.exceptions import ToolError
     except ImportError as e:
         raise ImportError("the MCP SDK is not installed: pip install 'sandkasten[mcp]'") from e
+
+    async def call(name: str, *args: Any) -> str:
+        # Expected failures (file not found, bad command, daemon down) reach the model
+        # with the daemon's message; anything else stays a generic tool crash.
+        try:
+            return await (await holder.tools()).functions()[name](*args)
+        except SandkastenClientError as e:
+            raise ToolError(str(e)) from e
 
     @contextlib.asynccontextmanager
     async def lifespan(_server: Any) -> AsyncIterator[None]:
@@ -75,23 +85,24 @@ def build_server(holder: SessionHolder) -> Any:
             "for files and list for directories; the workspace is /workspace."
         ),
         lifespan=lifespan,
+        log_level="WARNING",
     )
 
     @server.tool(name="exec", description=TOOL_DESCRIPTIONS["exec"])
     async def exec_(cmd: str, timeout_ms: int | None = None) -> str:
-        return await (await holder.tools()).exec(cmd, timeout_ms)
+        return await call("exec", cmd, timeout_ms)
 
     @server.tool(name="write", description=TOOL_DESCRIPTIONS["write"])
     async def write(path: str, content: str) -> str:
-        return await (await holder.tools()).write(path, content)
+        return await call("write", path, content)
 
     @server.tool(name="read", description=TOOL_DESCRIPTIONS["read"])
     async def read(path: str) -> str:
-        return await (await holder.tools()).read(path)
+        return await call("read", path)
 
     @server.tool(name="list", description=TOOL_DESCRIPTIONS["list"])
     async def list_(path: str = "/workspace") -> str:
-        return await (await holder.tools()).list(path)
+        return await call("list", path)
 
     return server
 
@@ -106,6 +117,7 @@ def serve(
     session_id: str | None = None,
 ) -> None:
     """Run the stdio MCP server until the client closes stdin."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # stderr stays for real problems
     holder = SessionHolder(SandboxClient(url, api_key), image=image, workspace_id=workspace_id,
                            ttl_seconds=ttl_seconds, session_id=session_id)
     server = build_server(holder)

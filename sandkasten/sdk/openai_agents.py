@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._client import Session
+from ._errors import SandkastenClientError
 from .tools import DEFAULT_MAX_OUTPUT_CHARS, TOOL_DESCRIPTIONS, SandboxTools
 
 if TYPE_CHECKING:
@@ -32,6 +33,14 @@ def _import_function_tool() -> Any:
             "the OpenAI Agents SDK is not installed: pip install 'sandkasten[agents]'"
         ) from e
     return function_tool
+
+
+def tool_error_message(_ctx: Any, error: Exception) -> str:
+    """What the model reads when a tool fails: the daemon's own message (e.g. "file not
+    found: /workspace/x"), so the agent can correct itself; other errors stay generic."""
+    if isinstance(error, SandkastenClientError):
+        return f"error: {error}"
+    return "error: the sandbox tool failed unexpectedly"
 
 
 def sandbox_tools(
@@ -81,6 +90,7 @@ def sandbox_tools(
 
     return [
         function_tool(fn, name_override=f"{prefix}{name}",
-                      description_override=TOOL_DESCRIPTIONS[name], strict_mode=False)
+                      description_override=TOOL_DESCRIPTIONS[name], strict_mode=False,
+                      failure_error_function=tool_error_message)
         for name, fn in (("exec", exec_), ("write", write), ("read", read), ("list", list_))
     ]
