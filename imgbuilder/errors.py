@@ -24,3 +24,27 @@ class ImageError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ImageNotFoundError(ImageError):
+    """No image of that name in the store; the hint names the commands that create one."""
+
+    code = "image_not_found"
+
+
+class LayerError(ImageError):
+    """A layer that cannot be extracted safely, is corrupt, or does not match its digest."""
+
+    code = "layer_error"
+
+
+class StoreError(ImageError):
+    """The data directory is unusable: filesystem features, permissions or free space."""
+
+    code = "store_error"
+
+
+class ImportFormatError(ImageError):
+    """An input that is neither a rootfs tarball, a ``docker save`` archive nor an OCI layout."""
+
+    code = "import_format"
