@@ -60,11 +60,31 @@ class UnprocessableError(SandkastenError):
     status = 422
 
 
-class RuntimeSetupError(SandkastenError):
-    code = "runtime_setup"
-
-
 def with_code(err: SandkastenError, code: str) -> SandkastenError:
     """Give one error instance a more precise stable code (``image_not_found``, …)."""
     err.code = code
     return err
+class RuntimeSetupError(SandkastenError):
+    """The host cannot run sandboxes as configured (cgroups, overlayfs, privileges)."""
+
+    code = "runtime_setup"
+    status = 503
+
+
+CGROUP_HINT = (
+    "Sandkasten needs cgroup v2 (or cgroup v1 with the memory, cpu and pids controllers) "
+    "to limit sandboxes. On WSL2, add to C:\\Users\\<YourUsername>\\.wslconfig under [wsl2]: "
+    "kernelCommandLine=systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all, "
+    "then run `wsl --shutdown` in PowerShell, wait 5-10 seconds, start WSL again and check "
+    "that `stat -fc %T /sys/fs/cgroup` prints cgroup2fs. "
+    "To run without limits anyway, set allow_unlimited: true in the config."
+)
+
+
+class CgroupsUnavailableError(RuntimeSetupError):
+    """Neither cgroup v2 nor cgroup v1 can enforce memory, cpu and pids limits here."""
+
+    code = "cgroups_unavailable"
+
+    def __init__(self, message: str, *, hint: str | None = CGROUP_HINT) -> None:
+        super().__init__(message, hint=hint)

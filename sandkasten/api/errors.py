@@ -72,6 +72,11 @@ def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "-"))
 
 
+def internal_body(request_id: str) -> dict[str, str]:
+    return {"error": f"internal error (request id {request_id})", "code": "internal",
+            "request_id": request_id}
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
     where = ".".join(loc)
@@ -127,18 +132,6 @@ def install(app: FastAPI) -> None:
     async def _os(request: Request, exc: OSError) -> JSONResponse:
         status, code = _OS_STATUS.get(exc.errno or 0, (0, ""))
         if not status:
-            return await _internal(request, exc)
+            raise exc  # a real fault: the middleware answers 500 and logs it
         what = f": {exc.filename}" if exc.filename else ""
         return error_response(status, f"{exc.strerror or exc}{what}", code)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        rid = _request_id(request)
-        log.error(
-            "internal error request_id=%s %s %s",
-            rid,
-            request.method,
-            request.url.path,
-            exc_info=exc,
-        )
-        return error_response(500, f"internal error (request id {rid})", "internal", request_id=rid)

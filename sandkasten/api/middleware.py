@@ -12,13 +12,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandkasten.api.errors import internal_body
 from sandkasten.errors import PayloadTooLargeError
+
+log = logging.getLogger("sandkasten")
 
 MiB = 1 << 20
 MAX_JSON_BODY = 64 * MiB  # fs/write of a 48 MiB file in base64
@@ -64,13 +68,26 @@ class JsonBodyMiddleware:
                 return
             receive = _counting(receive, limit)
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A real fault: logged with its traceback and request id; the client gets the id,
+            # never the traceback.
+            log.exception("internal error request_id=%s %s %s", request_id,
+                          scope.get("method"), scope.get("path"))
+            if started:
+                return  # the response is under way: the connection just ends
+            await _send_json(send, 500, internal_body(request_id), request_id)
 
 
 def _counting(receive: Receive, limit: int) -> Receive:
@@ -89,21 +106,17 @@ def _counting(receive: Receive, limit: int) -> Receive:
 
 
 async def _too_large(send: Send, limit: int, request_id: str) -> None:
-    body: dict[str, Any] = {
-        "error": f"request body over the {limit // MiB} MiB limit",
-        "code": "payload_too_large",
-    }
+    body = {"error": f"request body over the {limit // MiB} MiB limit", "code": "payload_too_large"}
+    await _send_json(send, 413, body, request_id)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
     data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                (b"x-request-id", request_id.encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"x-request-id", request_id.encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})

@@ -19,7 +19,11 @@ app = typer.Typer(
 )
 app.add_typer(image_app, name="image", help="Pull, list and manage images.")
 
-from sandkasten.cli import ops  # noqa: E402 - registers on the app defined above
+from sandkasten.cli import daemon as _daemon  # noqa: E402 (registers on ``app``)
+
+_daemon.register(app)
+
+from sandkasten.cli import ops  # noqa: E402 (registers init, doctor, security, mcp)
 
 ops.register(app)
 

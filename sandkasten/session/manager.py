@@ -255,7 +255,18 @@ class SessionManager:
         """
         attached = cleaned = 0
         now = time.time()
-        for row in self.db.list_sessions():
+        rows = self.db.list_sessions()
+        known = {r.id for r in rows}
+        # Sandboxes on disk without a row: pooled ones, or a create cut short by a SIGKILL.
+        on_disk = getattr(self.runtime, "list_sessions", None)
+        for orphan in sorted(set(on_disk() if callable(on_disk) else []) - known):
+            try:
+                await self.runtime.cleanup(orphan)
+                cleaned += 1
+                log.info("sandbox without a session cleaned up id=%s", orphan)
+            except Exception:
+                log.exception("cleaning up an orphan sandbox failed id=%s", orphan)
+        for row in rows:
             sandbox = None
             try:
                 sandbox = await self.runtime.attach(row.id)

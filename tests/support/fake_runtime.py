@@ -46,7 +46,8 @@ class FakeSandbox:
         self.destroyed = False
         self.execs = 0
         self._lock = asyncio.Lock()
-        (root_dir / "workspace").mkdir(parents=True, exist_ok=True)
+        for d in ("workspace", "tmp"):
+            (root_dir / d).mkdir(parents=True, exist_ok=True)
 
     # ---- paths ---------------------------------------------------------------------------
     def _abs(self, path: str) -> str:
@@ -305,6 +306,10 @@ class FakeImages:
             }
             for i in self.images.values()
         ]
+
+    def repull(self, name: str, digest: str) -> None:
+        """The name now points at a new image (as after ``image pull`` of a newer tag)."""
+        self.images[name] = self._info(name, digest, [Path(f"/layers/{digest}")])
 
     def delete(self, name: str) -> None:
         self.resolve(name)

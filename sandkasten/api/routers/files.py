@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import posixpath
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
@@ -22,8 +23,16 @@ from sandkasten.api.models import (
     WriteFile,
     WriteOut,
 )
-from sandkasten.errors import PayloadTooLargeError, ValidationError, with_code
+from sandkasten.errors import (
+    NotFoundError,
+    PayloadTooLargeError,
+    SandkastenError,
+    ValidationError,
+    with_code,
+)
 from sandkasten.session import hostfs
+
+T = TypeVar("T")
 
 DEFAULT_READ_BYTES = 10 << 20
 MAX_READ_BYTES = 64 << 20
@@ -55,6 +64,19 @@ def decode_content(body: WriteFile) -> bytes:
         ) from None
 
 
+async def _fs(call: Awaitable[T]) -> T:
+    """Await a sandbox file operation; its "no such file" becomes 404 ``file_not_found``."""
+    try:
+        return await call
+    except FileNotFoundError as e:
+        raise with_code(NotFoundError(f"no such file or directory: {e.filename or ''}"),
+                        "file_not_found") from None
+    except SandkastenError as e:
+        if e.status == 404:
+            raise with_code(NotFoundError(e.message, hint=e.hint), "file_not_found") from None
+        raise
+
+
 def _check_path(path: str) -> str:
     if "\0" in path:
         raise with_code(ValidationError("path contains a NUL byte"), "invalid_path")
@@ -71,7 +93,7 @@ async def write_file(m: Manager, session_id: str, body: WriteFile) -> WriteOut:
     sandbox = m.sandbox(session_id)
     data = decode_content(body)
     kwargs = {"mode": body.mode} if body.mode is not None else {}
-    path = await sandbox.write_file(_check_path(body.path), data, **kwargs)
+    path = await _fs(sandbox.write_file(_check_path(body.path), data, **kwargs))
     return WriteOut(path=path, bytes=len(data))
 
 
@@ -88,8 +110,8 @@ async def read_file(
     max_bytes: int | None = Query(None, gt=0, le=MAX_READ_BYTES),
 ) -> ReadOut:
     sandbox = m.sandbox(session_id)
-    data, truncated = await sandbox.read_file(
-        _check_path(path), max_bytes=max_bytes or DEFAULT_READ_BYTES
+    data, truncated = await _fs(
+        sandbox.read_file(_check_path(path), max_bytes=max_bytes or DEFAULT_READ_BYTES)
     )
     return ReadOut(path=path, content_base64=base64.b64encode(data).decode(), truncated=truncated)
 
@@ -103,7 +125,7 @@ async def read_file(
 async def list_dir(
     m: Manager, session_id: str, path: str = Query("/workspace", min_length=1, max_length=4096)
 ) -> ListOut:
-    entries = await m.sandbox(session_id).list_dir(_check_path(path))
+    entries = await _fs(m.sandbox(session_id).list_dir(_check_path(path)))
     return ListOut(
         path=path,
         entries=[
@@ -155,7 +177,7 @@ async def upload(
             )
         data = await p.read()
         target = posixpath.join(_check_path(path), part_name(p))
-        written = await sandbox.write_file(target, data)
+        written = await _fs(sandbox.write_file(target, data))
         out.append(UploadedFile(path=written, bytes=len(data)))
     return UploadOut(files=out)
 

@@ -1,0 +1,198 @@
+"""The runner's server: requests from the daemon over a Unix socket, one thread each.
+
+Concurrency: every connection gets a thread that handles its requests in order. Execs on
+the persistent shell are serialised by the shell's lock (one at a time, as in a terminal);
+file requests and stateless execs run alongside them. ``serve_pid1`` is the entry point
+inside a sandbox: it must be called after pivot_root with every module already imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runner import protocol as p
+from runner.files import FileOpError, Files
+from runner.init import Reaper, block_signals, serve_signals, set_non_dumpable
+from runner.output import clean
+from runner.plain import run_plain
+from runner.shell import Shell, ShellConfig
+
+
+@dataclass
+class RunnerConfig:
+    env: dict[str, str]
+    uid: int = 1000
+    gid: int = 1000
+    workdir: str = "/workspace"
+    shell_prefer: list[str] = field(default_factory=lambda: ["bash", "sh"])
+    exec_mode: str = "stateful"
+    stage_dir: str = "/tmp"
+    setup: Callable[[], None] | None = None  # runs in each user child before execve
+
+
+class Runner:
+    def __init__(self, cfg: RunnerConfig, reaper: Reaper,
+                 on_shutdown: Callable[[], None] | None = None) -> None:
+        self.cfg = cfg
+        self.reaper = reaper
+        self.files = Files(cfg.uid, cfg.gid, cfg.workdir)
+        self.on_shutdown = on_shutdown
+        self._shell: Shell | None = None
+        self._shell_lock = threading.Lock()
+        self._shell_error: str | None = None
+        self._conns: set[socket.socket] = set()
+        self._closed = False
+
+    # --- shell ----------------------------------------------------------------------------
+
+    def shell(self) -> Shell:
+        with self._shell_lock:
+            if self._shell is None:
+                self._shell = Shell(ShellConfig(
+                    env=self.cfg.env, uid=self.cfg.uid, gid=self.cfg.gid,
+                    workdir=self.cfg.workdir, shell_prefer=self.cfg.shell_prefer,
+                    stage_dir=self.cfg.stage_dir, setup=self.cfg.setup), self.reaper)
+            return self._shell
+
+    def prestart(self) -> None:
+        """Start the shell in the background, so the first exec finds it ready."""
+        if self.cfg.exec_mode == "stateful":
+            threading.Thread(target=self._prestart, name="shell-start", daemon=True).start()
+
+    def _prestart(self) -> None:
+        try:
+            self.shell()
+        except Exception as e:  # reported to the first exec that asks
+            self._shell_error = str(e)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._shell_lock:
+            if self._shell is not None:
+                self._shell.close()
+                self._shell = None
+        for c in list(self._conns):
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+
+    # --- requests -------------------------------------------------------------------------
+
+    def handle(self, msg: p.Message, send: Callable[[p.Message], None]) -> None:
+        """Answer one request; every path ends with exactly one final reply."""
+        try:
+            send(self._dispatch(msg, send))
+        except FileOpError as e:
+            send(p.Error(code=e.code, message=str(e)))
+        except p.ProtocolError as e:
+            send(p.Error(code="invalid", message=str(e)))
+        except (OSError, RuntimeError) as e:
+            send(p.Error(code="internal", message=str(e)))
+
+    def _dispatch(self, msg: p.Message, send: Callable[[p.Message], None]) -> p.Message:
+        if isinstance(msg, p.Exec | p.ExecStream):
+            on_chunk = (lambda s: send(p.Chunk(data=s))) if isinstance(msg, p.ExecStream) \
+                else None
+            if self.cfg.exec_mode == "stateless":
+                code, out, _, trunc, to, ms = run_plain(
+                    msg.cmd, env=self.cfg.env, cwd=self.cfg.workdir, reaper=self.reaper,
+                    setup=self.cfg.setup, timeout_ms=msg.timeout_ms,
+                    max_output=msg.max_output, split=False, on_chunk=on_chunk)
+                return p.ExecDone(exit_code=code, cwd=self.cfg.workdir,
+                                  output=clean(out, msg.raw_output), truncated=trunc,
+                                  duration_ms=ms, timed_out=to)
+            return self.shell().run(msg, on_chunk)
+        if isinstance(msg, p.ExecSplit):
+            if self.cfg.exec_mode == "stateless":
+                cwd, env = self.cfg.workdir, self.cfg.env
+            else:
+                cwd, env = self.shell().exported_env()
+                for k in ("PS1", "PS2", "PS4", "_"):
+                    env.pop(k, None)
+            code, out, err, trunc, to, ms = run_plain(
+                msg.cmd, env=env, cwd=cwd, reaper=self.reaper, setup=self.cfg.setup,
+                timeout_ms=msg.timeout_ms, max_output=msg.max_output, split=True)
+            return p.SplitDone(exit_code=code, cwd=cwd, stdout=clean(out, True),
+                               stderr=clean(err, True), truncated=trunc, duration_ms=ms,
+                               timed_out=to)
+        if isinstance(msg, p.WriteFiles):
+            return p.Written(paths=self.files.write(msg.files))
+        if isinstance(msg, p.ReadFile):
+            data, truncated = self.files.read(msg.path, msg.max_bytes)
+            return p.FileData(data_b64=p.b64(data), truncated=truncated)
+        if isinstance(msg, p.ListDir):
+            return p.Listing(entries=self.files.list(msg.path))
+        if isinstance(msg, p.Ping):
+            shell = self._shell.path if self._shell is not None else ""
+            return p.Pong(pid=os.getpid(), shell=shell, exec_mode=self.cfg.exec_mode)
+        if isinstance(msg, p.Shutdown):
+            if self.on_shutdown is not None:
+                threading.Thread(target=self.on_shutdown, daemon=True).start()
+            return p.Ok()
+        return p.Error(code="invalid", message=f"not a request: {type(msg).__name__}")
+
+    # --- sockets --------------------------------------------------------------------------
+
+    def serve_connection(self, conn: socket.socket) -> None:
+        self._conns.add(conn)
+        dec = p.Decoder()
+        lock = threading.Lock()
+
+        def send(m: p.Message) -> None:
+            with lock:
+                conn.sendall(p.encode(m))
+
+        try:
+            while not self._closed:
+                data = conn.recv(1 << 20)
+                if not data:
+                    break
+                for msg in dec.feed(data):
+                    self.handle(msg, send)
+        except p.ProtocolError as e:
+            with contextlib.suppress(OSError):
+                send(p.Error(code="invalid", message=str(e)))
+        except OSError:
+            pass  # the client went away mid-reply
+        finally:
+            self._conns.discard(conn)
+            conn.close()
+
+    def serve(self, listener: socket.socket) -> None:
+        """Accept connections forever (until the listener is closed)."""
+        while not self._closed:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            threading.Thread(target=self.serve_connection, args=(conn,), daemon=True).start()
+
+
+def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
+               ready: Callable[[], None] | None = None) -> None:
+    """Become the sandbox's PID 1: non-dumpable, signals taken in this thread, serve.
+
+    Never returns: exits when the host sends SIGTERM/SIGINT/SIGHUP or a Shutdown arrives.
+    """
+    set_non_dumpable()
+    os.setgroups([])  # file requests use fsuid/fsgid; no root supplementary groups linger
+    block_signals()  # before any thread starts: every thread inherits the mask
+    reaper = Reaper()
+
+    def shutdown() -> None:
+        os.kill(os.getpid(), 15)  # handled by serve_signals: forward and exit
+
+    runner = Runner(cfg, reaper, on_shutdown=shutdown)
+    runner.prestart()
+    threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
+    if ready is not None:
+        ready()
+    # on exit PID 1 only marks itself closed: serve_signals kills and reaps everything, and
+    # waiting for the shell here would wait on the very thread that reaps
+    serve_signals(reaper, lambda: setattr(runner, "_closed", True))

@@ -1,0 +1,227 @@
+"""The fork server: a single-threaded process, the runner preloaded, that forks sandboxes.
+
+Why: the daemon is multi-threaded (uvicorn, asyncio executors), and forking it is unsafe;
+a Python start-up per session costs tens of milliseconds. The fork server is started once
+(``python -m sandkasten.runtime.linux.forkserver``), imports every module a sandbox needs,
+and then only forks. Creating a session:
+
+    fork server ──fork──▶ setup process: setsid, stdio → /dev/null, join the cgroup,
+                          unshare (mnt uts ipc net cgroup pid), make "/" private,
+                          bind sessions/<id>/runner.sock (a host path, so a restarted
+                          daemon can reconnect), then
+                ──fork──▶ PID 1: hostname, lo up, overlay, pivot_root, /proc /dev /tmp
+                          /workspace, /etc files; non-dumpable; serves the runner.
+    the setup process reports PID 1's host pid and exits at once, so PID 1 is re-parented
+    to the host's init: a sandbox outlives the daemon and the fork server (SIGKILL included).
+
+Wire format with the daemon (a private socketpair, both ends trusted): length-prefixed
+pickles. Request ``(req_id, CreateRequest)``; reply ``(req_id, pid | None, error | None)``.
+Requests are handled concurrently: each setup reports on its own pipe, watched by select.
+The fork server exits when the daemon's end closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Preloaded for the sandbox: nothing is imported after pivot_root.
+import runner.files
+import runner.init
+import runner.output
+import runner.plain
+import runner.protocol
+import runner.server
+import runner.shell
+from sandkasten.runtime.base import SessionSpec
+from sandkasten.runtime.linux import caps, mounts, seccomp
+from sandkasten.runtime.linux import namespaces as ns
+from sandkasten.runtime.linux import plan as pl
+from sandkasten.runtime.linux.wire import CreateRequest, recv_obj, send_obj
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class _Pending:
+    req_id: int
+    child: int  # the setup process
+    pid: int | None = None
+    error: str | None = None
+    ready: bool = False
+    buf: bytes = field(default=b"")
+
+
+def runner_env(spec: SessionSpec, hostname: str) -> dict[str, str]:
+    """The environment of user commands: the image's Env, then the sandbox user's basics."""
+    env: dict[str, str] = {}
+    for item in spec.image_env:
+        k, sep, v = item.partition("=")
+        if sep and k:
+            env[k] = v
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(HOME="/workspace", USER=pl.SANDBOX_USER, LOGNAME=pl.SANDBOX_USER,
+               HOSTNAME=hostname)
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+class _Hardening:
+    """Runs in each user child right before execve: drop every privilege, then seccomp."""
+
+    def __init__(self, flt: seccomp.PreparedFilter) -> None:
+        self.flt = flt
+
+    def __call__(self) -> None:
+        caps.drop_privileges(pl.SANDBOX_UID, pl.SANDBOX_GID)
+        self.flt.load()
+
+
+def _pid1(ops: list[pl.Op], ctx: mounts.Context, listener: socket.socket, report: int,
+          spec: SessionSpec, flt: seccomp.PreparedFilter) -> None:
+    try:
+        mounts.execute(ops, ctx)
+        ctx.close()
+        cfg = runner.server.RunnerConfig(
+            env=runner_env(spec, pl.hostname_for(spec.id)), uid=pl.SANDBOX_UID,
+            gid=pl.SANDBOX_GID, workdir="/workspace", shell_prefer=list(spec.shell_prefer),
+            exec_mode=spec.exec_mode, stage_dir="/tmp", setup=_Hardening(flt))
+    except BaseException as e:
+        _report(report, {"error": str(e)})
+        os._exit(1)
+
+    def ready() -> None:
+        _report(report, {"ready": True})
+        os.close(report)
+
+    runner.server.serve_pid1(listener, cfg, ready)
+    os._exit(0)
+
+
+def _report(fd: int, msg: dict[str, object]) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(msg).encode() + b"\n")
+
+
+def _setup(req: CreateRequest, report: int, flt: seccomp.PreparedFilter) -> None:
+    """The setup process (see the module docstring). Never returns."""
+    try:
+        os.setsid()
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        paths = pl.SessionPaths(Path(req.session_dir))
+        ops = pl.plan_session(req.spec, paths, req.cgroup.name if req.cgroup else None)
+        split = ops.index(pl.ForkPid1())
+        ctx = mounts.Context(
+            join_cgroup=(lambda _name: req.cgroup.add_process(os.getpid()))
+            if req.cgroup else None)
+        mounts.execute(ops[:split], ctx)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths.socket)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(paths.socket))
+        os.chmod(paths.socket, 0o600)
+        listener.listen(128)
+        pid = os.fork()
+        if pid == 0:
+            _pid1(ops[split + 1:], ctx, listener, report, req.spec, flt)
+        _report(report, {"pid": pid})
+        os._exit(0)
+    except BaseException as e:
+        _report(report, {"error": str(e)})
+        os._exit(1)
+
+
+class ForkServer:
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.pending: dict[int, _Pending] = {}  # report pipe fd -> state
+        self.filters: dict[str, seccomp.PreparedFilter] = {}
+
+    def _filter(self, profile: str) -> seccomp.PreparedFilter:
+        if profile not in self.filters:
+            self.filters[profile] = seccomp.prepare(profile)  # type: ignore[arg-type]
+        return self.filters[profile]
+
+    def start(self, req_id: int, req: CreateRequest) -> None:
+        try:
+            flt = self._filter(req.spec.seccomp)
+        except Exception as e:
+            send_obj(self.control, (req_id, None, f"seccomp profile {req.spec.seccomp}: {e}"))
+            return
+        r, w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            os.close(r)
+            self.control.close()
+            for fd in self.pending:
+                os.close(fd)
+            _setup(req, w, flt)
+        os.close(w)
+        self.pending[r] = _Pending(req_id, child)
+
+    def on_report(self, fd: int) -> None:
+        st = self.pending[fd]
+        data = os.read(fd, 65536)
+        st.buf += data
+        *lines, st.buf = st.buf.split(b"\n")
+        for line in lines:
+            msg = json.loads(line)
+            if "pid" in msg:
+                st.pid = int(msg["pid"])
+            if "ready" in msg:
+                st.ready = True
+            if "error" in msg and st.error is None:
+                st.error = str(msg["error"])
+        if data:
+            return
+        del self.pending[fd]
+        os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(st.child, 0)
+        if st.ready and st.pid and not st.error:
+            send_obj(self.control, (st.req_id, st.pid, None))
+            return
+        if st.pid:  # PID 1 failed or died during setup: make sure it is gone
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(st.pid, signal.SIGKILL)
+        send_obj(self.control, (st.req_id, None, st.error or "sandbox setup ended early"))
+
+    def serve(self) -> None:
+        while True:
+            watched: list[Any] = [self.control, *self.pending]
+            rl: list[Any] = select.select(watched, [], [])[0]
+            for fd in rl:
+                if fd is self.control:
+                    msg = recv_obj(self.control)
+                    if msg is None:
+                        return  # the daemon is gone; sandboxes live on
+                    assert isinstance(msg, tuple)
+                    req_id, req = msg
+                    self.start(req_id, req)
+                else:
+                    self.on_report(fd)
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    control = socket.socket(fileno=fd)
+    # Die with the daemon; ignore terminal signals meant for it.
+    ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    send_obj(control, ("hello", os.getpid()))
+    ForkServer(control).serve()
+
+
+if __name__ == "__main__":
+    main()

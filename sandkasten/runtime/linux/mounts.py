@@ -1,0 +1,158 @@
+"""Execute a session plan (``plan.plan_session``): the one place that mounts with privilege.
+
+``execute(ops, ctx)`` runs ops in order and raises ``SetupStepError`` naming the failed op.
+Runs in the forked setup process and in PID 1 before the runner starts; it imports nothing
+at call time (everything is imported when the fork server loads this module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sandkasten.runtime.linux import namespaces as ns
+from sandkasten.runtime.linux import plan as pl
+
+
+class SetupStepError(Exception):
+    def __init__(self, op: pl.Op, err: BaseException) -> None:
+        super().__init__(f"{type(op).__name__} {_describe(op)}: {err}")
+        self.op = op
+
+
+def _describe(op: pl.Op) -> str:
+    for attr in ("target", "path", "name", "new_root"):
+        if hasattr(op, attr):
+            return str(getattr(op, attr))
+    return ""
+
+
+@dataclass
+class Context:
+    join_cgroup: Callable[[str], None] | None = None
+    fds: dict[str, int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def _mkdirs(path: str, mode: int) -> None:
+    """Create ``path`` (inside the sandbox root) if missing; a symlink is left as it is."""
+    try:
+        os.mkdir(path, mode)
+        os.chmod(path, mode)  # umask-proof
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        _mkdirs(os.path.dirname(path), 0o755)
+        _mkdirs(path, mode)
+
+
+def _write_file(op: pl.WriteFile) -> None:
+    _mkdirs(os.path.dirname(op.path), 0o755)
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        os.unlink(op.path)  # the image's file or symlink: we replace it, never write through
+    fd = os.open(op.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, op.mode)
+    try:
+        os.write(fd, op.content.encode())
+        os.fchmod(fd, op.mode)
+    finally:
+        os.close(fd)
+
+
+def _ensure_user(op: pl.EnsureUser) -> None:
+    """Add the sandbox user and group to /etc/passwd and /etc/group if the name is absent."""
+    _mkdirs("/etc", 0o755)
+    for path, line, name in (
+        ("/etc/passwd", f"{op.name}:x:{op.uid}:{op.gid}:{op.name}:{op.home}:/bin/sh\n", op.name),
+        ("/etc/group", f"{op.name}:x:{op.gid}:\n", op.name),
+    ):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            text = ""
+        if any(ln.split(":", 1)[0] == name for ln in text.splitlines()):
+            continue
+        if text and not text.endswith("\n"):
+            text += "\n"
+        _write_file(pl.WriteFile(path, text + line, 0o644))
+
+
+def _readonly_bind(path: str) -> None:
+    try:
+        ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return
+        raise
+    ns.mount(None, path, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID
+             | ns.MS_NODEV | ns.MS_NOEXEC)
+
+
+def run_op(op: pl.Op, ctx: Context) -> None:
+    if isinstance(op, pl.JoinCgroup):
+        if ctx.join_cgroup is not None:
+            ctx.join_cgroup(op.name)
+    elif isinstance(op, pl.Unshare):
+        ns.unshare(op.flags)
+    elif isinstance(op, pl.MakePrivate):
+        ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
+    elif isinstance(op, pl.SetHostname):
+        ns.sethostname(op.name)
+    elif isinstance(op, pl.LoopbackUp):
+        ns.loopback_up()
+    elif isinstance(op, pl.MountOverlay):
+        ns.mount("overlay", op.target, "overlay", 0, op.options)
+    elif isinstance(op, pl.OpenBindSource):
+        ctx.fds[op.key] = ns.open_tree_clone(op.path)
+    elif isinstance(op, pl.PivotRoot):
+        # pivot_root(".", "."): the old root ends up stacked under the new one and is
+        # detached right away, so no path inside the sandbox ever leads back to the host.
+        os.chdir(op.new_root)
+        ns.pivot_root(".", ".")
+        ns.umount2(".", ns.MNT_DETACH)
+        os.chdir("/")
+    elif isinstance(op, pl.Mount):
+        _mkdirs(op.target, op.mode)
+        ns.mount(op.source, op.target, op.fstype, op.flags, op.data)
+    elif isinstance(op, pl.BindFd):
+        _mkdirs(op.target, 0o755)
+        # the detached copy of the host directory taken before pivot_root
+        ns.move_mount(ctx.fds[op.key], op.target)
+    elif isinstance(op, pl.ReadonlyBind):
+        _readonly_bind(op.path)
+    elif isinstance(op, pl.MaskFile):
+        if os.path.exists(op.path):
+            ns.mount("/dev/null", op.path, None, ns.MS_BIND)
+    elif isinstance(op, pl.MakeDevice):
+        os.mknod(op.path, stat.S_IFCHR | op.mode, os.makedev(op.major, op.minor))
+        os.chmod(op.path, op.mode)
+    elif isinstance(op, pl.Symlink):
+        with contextlib.suppress(FileExistsError):
+            os.symlink(op.target, op.path)
+    elif isinstance(op, pl.WriteFile):
+        _write_file(op)
+    elif isinstance(op, pl.EnsureUser):
+        _ensure_user(op)
+    elif isinstance(op, pl.RemountReadonly):
+        ns.mount(None, op.path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY)
+    else:  # ForkPid1 is the caller's to handle
+        raise TypeError(f"cannot execute {op!r} here")
+
+
+def execute(ops: list[pl.Op], ctx: Context) -> None:
+    for op in ops:
+        try:
+            run_op(op, ctx)
+        except SetupStepError:
+            raise
+        except Exception as e:
+            raise SetupStepError(op, e) from None

@@ -1,0 +1,271 @@
+"""Plan a session: SessionSpec → ordered list of typed setup operations (pure, no I/O).
+
+The plan is data, so it is tested without root; ``mounts.execute`` runs it in one place.
+Order matters and is part of the contract:
+
+  host stage (the forked setup process, still on the host's root)
+    JoinCgroup      before CLONE_NEWCGROUP, so the session's cgroup is its cgroup root
+    Unshare         mount, uts, ipc, net, cgroup and pid (pid applies to children)
+    MakePrivate     MS_PRIVATE|MS_REC on "/": nothing mounted later propagates to the host
+    ForkPid1        the child is PID 1 of the new pid namespace; the parent reports and exits
+  PID 1 stage
+    SetHostname, LoopbackUp
+    MountOverlay    image layers (lowerdir, top first) + session upper/work → merged
+    OpenBindSource  open the workspace on the host by fd (O_PATH) before the host goes away
+    PivotRoot       into merged; the old root is detached, never reachable again
+  inside the root (every path below resolves inside the sandbox, symlinks included)
+    Mount /proc, masks, /dev (tmpfs + device nodes + devpts + shm), /tmp, /workspace by fd,
+    WriteFile /etc/{hosts,hostname,resolv.conf}, EnsureUser, RemountReadonly.
+
+Setup that follows symlinks happens only after PivotRoot, so a hostile image (say
+``/workspace -> /etc`` or ``/etc/passwd -> /host/file``) can only point at its own files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandkasten.runtime.base import SessionSpec
+from sandkasten.runtime.linux import namespaces as ns
+from sandkasten.runtime.linux.errors import ImageLayoutError
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_USER = "sandbox"
+OVERLAY_OPTIONS_MAX = 4095  # mount data is one page; a longer lowerdir needs flattening
+_HOSTNAME_BAD = re.compile(r"[^a-z0-9-]")
+
+
+@dataclass(frozen=True)
+class JoinCgroup:
+    name: str
+
+
+@dataclass(frozen=True)
+class Unshare:
+    flags: int
+
+
+@dataclass(frozen=True)
+class MakePrivate:
+    pass
+
+
+@dataclass(frozen=True)
+class ForkPid1:
+    pass
+
+
+@dataclass(frozen=True)
+class SetHostname:
+    name: str
+
+
+@dataclass(frozen=True)
+class LoopbackUp:
+    pass
+
+
+@dataclass(frozen=True)
+class MountOverlay:
+    target: str
+    options: str
+
+
+@dataclass(frozen=True)
+class OpenBindSource:
+    key: str
+    path: str
+
+
+@dataclass(frozen=True)
+class PivotRoot:
+    new_root: str
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    fstype: str
+    flags: int
+    data: str | None = None
+    mode: int = 0o755  # of the mount point when it has to be created
+
+
+@dataclass(frozen=True)
+class BindFd:
+    """Bind the host object opened by ``OpenBindSource(key)`` onto ``target``."""
+
+    key: str
+    target: str
+
+
+@dataclass(frozen=True)
+class ReadonlyBind:
+    """Bind ``path`` onto itself read-only (a /proc entry that must not be written)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    """Hide a file behind /dev/null (missing paths are skipped)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class MakeDevice:
+    path: str
+    major: int
+    minor: int
+    mode: int = 0o666
+
+
+@dataclass(frozen=True)
+class Symlink:
+    target: str
+    path: str
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class EnsureUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+@dataclass(frozen=True)
+class RemountReadonly:
+    path: str = "/"
+
+
+Op = (JoinCgroup | Unshare | MakePrivate | ForkPid1 | SetHostname | LoopbackUp | MountOverlay
+      | OpenBindSource | PivotRoot | Mount | BindFd | ReadonlyBind | MaskFile | MakeDevice
+      | Symlink | WriteFile | EnsureUser | RemountReadonly)
+
+
+@dataclass(frozen=True)
+class SessionPaths:
+    """Where a session lives on the host: sessions/<id>/..."""
+
+    root: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "runner.sock"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+
+def hostname_for(session_id: str) -> str:
+    name = _HOSTNAME_BAD.sub("-", session_id.lower()).strip("-")[:63]
+    return name or "sandbox"
+
+
+def overlay_options(layers: list[Path], upper: Path, work: Path) -> str:
+    """Overlay mount data; ``layers`` bottom-most first (overlay wants the top first)."""
+    if not layers:
+        raise ImageLayoutError("an image needs at least one layer")
+    for path in [*layers, upper, work]:
+        if any(c in str(path) for c in ",:\\\n"):
+            raise ImageLayoutError(f"path not usable in overlay options: {path}")
+    lower = ":".join(str(p) for p in reversed(layers))
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    if len(opts) > OVERLAY_OPTIONS_MAX:
+        raise ImageLayoutError(
+            f"{len(layers)} layers exceed the overlay mount option limit; flatten the image",
+            hint="sandkasten image pull --flatten ...")
+    return opts
+
+
+NS_FLAGS = (ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWNET
+            | ns.CLONE_NEWCGROUP | ns.CLONE_NEWPID)
+_NOSUID_NODEV = ns.MS_NOSUID | ns.MS_NODEV
+_PROC_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+_PROC_MASKED = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/sched_debug")
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+            ("urandom", 1, 9), ("tty", 5, 0))
+
+
+def hosts_file(hostname: str) -> str:
+    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n")
+
+
+def resolv_conf(network_mode: str) -> str:
+    if network_mode == "none":
+        return "# network mode none: loopback only, no DNS\n"
+    return "nameserver 127.0.0.53\n"  # pragma: no cover - only "none" exists today
+
+
+def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None) -> list[Op]:
+    """The full, ordered list of setup operations for ``spec``."""
+    hostname = hostname_for(spec.id)
+    workspace = spec.workspace_dir if spec.workspace_dir is not None else paths.workspace
+    ops: list[Op] = []
+    if cgroup is not None:
+        ops.append(JoinCgroup(cgroup))
+    ops += [
+        Unshare(NS_FLAGS),
+        MakePrivate(),
+        ForkPid1(),
+        SetHostname(hostname),
+        LoopbackUp(),
+        MountOverlay(str(paths.merged), overlay_options(spec.layer_paths, paths.upper,
+                                                        paths.work)),
+        OpenBindSource("workspace", str(workspace)),
+        PivotRoot(str(paths.merged)),
+        Mount("proc", "/proc", "proc", _NOSUID_NODEV | ns.MS_NOEXEC),
+        *[ReadonlyBind(p) for p in _PROC_READONLY],
+        Mount("tmpfs", "/dev", "tmpfs", ns.MS_NOSUID | ns.MS_NOEXEC, "mode=755,size=65536k"),
+        *[MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in _DEVICES],
+        *[MaskFile(p) for p in _PROC_MASKED],
+        Mount("devpts", "/dev/pts", "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620"),
+        Symlink("pts/ptmx", "/dev/ptmx"),
+        Symlink("/proc/self/fd", "/dev/fd"),
+        Symlink("/proc/self/fd/0", "/dev/stdin"),
+        Symlink("/proc/self/fd/1", "/dev/stdout"),
+        Symlink("/proc/self/fd/2", "/dev/stderr"),
+        Mount("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV, "mode=1777", mode=0o1777),
+        Mount("tmpfs", "/tmp", "tmpfs", _NOSUID_NODEV, "mode=1777", mode=0o1777),
+        BindFd("workspace", "/workspace"),
+        WriteFile("/etc/hostname", hostname + "\n"),
+        WriteFile("/etc/hosts", hosts_file(hostname)),
+        WriteFile("/etc/resolv.conf", resolv_conf(spec.network_mode)),
+        EnsureUser(SANDBOX_USER, SANDBOX_UID, SANDBOX_GID, "/workspace"),
+    ]
+    if spec.readonly_rootfs:
+        ops.append(RemountReadonly("/"))
+    return ops

@@ -1,0 +1,152 @@
+"""Limits on the host's real cgroups (v1 on the development machines, v2 elsewhere):
+memory (OOM kill reported), pids (fork bomb contained), cpu (throttled), kill_all, remove."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from sandkasten.runtime.linux.cgroups import CgroupLimits, CgroupManager
+from sandkasten.runtime.linux.cgroups.base import wait_until
+from tests.support.cgroups import PREFIX, cgroup_manager, gated, release
+
+__all__ = ["cgroup_manager"]
+pytestmark = pytest.mark.privileged
+
+
+def test_memory_limit_oom_kills_and_is_reported(cgroup_manager: CgroupManager) -> None:
+    cg = cgroup_manager.create(PREFIX + "mem", CgroupLimits(memory_bytes=48 << 20))
+    p = gated("b = b'x' * (200 << 20)\nprint('survived')")
+    cg.add_process(p.pid)
+    out, _ = release(p)
+    assert p.returncode == -9 and "survived" not in out
+    s = cg.stats()
+    assert s.oom_kills >= 1
+    assert s.memory_limit == 48 << 20
+    cg.remove()
+
+
+def test_memory_below_limit_is_fine(cgroup_manager: CgroupManager) -> None:
+    cg = cgroup_manager.create(PREFIX + "mem-ok", CgroupLimits(memory_bytes=128 << 20))
+    p = gated("b = b'x' * (32 << 20)\nprint(len(b))")
+    cg.add_process(p.pid)
+    out, _ = release(p)
+    assert p.returncode == 0 and out.strip() == str(32 << 20)
+    assert cg.stats().oom_kills == 0
+    cg.remove()
+
+
+def test_pids_limit_contains_fork_bomb(cgroup_manager: CgroupManager) -> None:
+    cg = cgroup_manager.create(PREFIX + "pids", CgroupLimits(pids=16, cpu=0.5))
+    # A real shell fork bomb, slowed by the cpu limit, for at most a second.
+    p = subprocess.Popen(["sh", "-c", "read x; b() { b | b & }; b"], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cg.add_process(p.pid)
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+        p.stdin.close()
+        peak = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            peak = max(peak, cg.stats().pids)
+            time.sleep(0.05)
+        assert 8 <= peak <= 16
+        # The host is unaffected: we can still fork.
+        assert subprocess.run(["true"]).returncode == 0
+        cg.kill_all(timeout=10)
+        assert cg.procs() == []
+        p.wait(timeout=5)
+        # pids.current drops once the killed tasks are released (reaped).
+        assert wait_until(lambda: cg.stats().pids == 0, 10), cg.stats()
+    finally:
+        p.kill()
+        p.wait()
+    cg.remove()
+
+
+def test_pids_limit_fork_fails_with_eagain(cgroup_manager: CgroupManager) -> None:
+    cg = cgroup_manager.create(PREFIX + "pids2", CgroupLimits(pids=5))
+    p = gated(
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while n < 50:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    print(n, e.errno, flush=True)\n"
+        "import signal; os.killpg(0, 0)\n"
+    )
+    cg.add_process(p.pid)
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    line = p.stdout.readline().split()
+    assert line == ["4", "11"]  # 1 parent + 4 children = 5; the 6th fork gets EAGAIN
+    cg.kill_all()
+    p.wait()
+    p.stdin.close()
+    p.stdout.close()
+    assert p.stderr is not None
+    p.stderr.close()
+    cg.remove()
+
+
+def test_cpu_limit_throttles(cgroup_manager: CgroupManager) -> None:
+    cg = cgroup_manager.create(PREFIX + "cpu", CgroupLimits(cpu=0.2))
+    p = gated(
+        "import os, time\n"
+        "t = time.monotonic()\n"
+        "while time.monotonic() - t < 1.0:\n"
+        "    pass\n"
+        "c = os.times()\n"
+        "print(c.user + c.system)\n"
+    )
+    cg.add_process(p.pid)
+    out, _ = release(p)
+    cpu_seconds = float(out)
+    assert cpu_seconds <= 0.35, cpu_seconds  # unthrottled it would be ~1.0
+    s = cg.stats()
+    assert s.nr_throttled > 0 and s.throttled_usec > 0
+    assert 50_000 <= s.cpu_usage_usec <= 400_000
+    cg.remove()
+
+
+def test_kill_all_and_remove_leave_nothing(cgroup_manager: CgroupManager) -> None:
+    name = PREFIX + "kill"
+    cg = cgroup_manager.create(name, CgroupLimits(pids=64))
+    p = subprocess.Popen(["sh", "-c", "read x; for i in 1 2 3 4 5; do sleep 60 & done; "
+                          "setsid sleep 60 & echo started; wait"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        cg.add_process(p.pid)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "started"
+        pids = cg.procs()
+        assert len(pids) == 7
+        cg.kill_all()
+        assert cg.procs() == []
+        p.wait(timeout=5)
+        for pid in pids:  # reparented sleepers are gone too (or zombies awaiting init)
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    assert f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except FileNotFoundError:
+                pass
+    finally:
+        p.kill()
+        p.wait()
+        for f in (p.stdin, p.stdout):
+            if f:
+                f.close()
+    cg.remove()
+    assert name not in cgroup_manager.list() and cgroup_manager.open(name) is None
+    for d in getattr(cg, "dirs", {}).values():
+        assert not os.path.exists(d)
