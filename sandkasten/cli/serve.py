@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -201,6 +202,10 @@ def serve(config: Config) -> int:
                            timeout_graceful_shutdown=10, server_header=False),
             _addr(sock), state_path,
         )
+        # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal under the
+        # handlers it found: make those no-ops so the clean-up below always runs.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
         server.run(sockets=[sock])
         sock.close()
         return 0 if server.started else 1

@@ -88,8 +88,8 @@ def _tar_dir(src: Path, dest: Path) -> Path:
 def imgbuilder_import(data_dir: Path, name: str, tar: Path) -> None:
     """Import a rootfs tarball with the ``imgbuilder import`` command users run."""
     subprocess.run(
-        [sys.executable, "-m", "imgbuilder.cli", "--data-dir", str(data_dir), "import",
-         "--name", name, "--tar", str(tar)],
+        [str(Path(sys.executable).parent / "imgbuilder"), "import", "--name", name,
+         "--tar", str(tar), "--data-dir", str(data_dir)],
         check=True, capture_output=True, text=True,
     )
 
