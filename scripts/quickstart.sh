@@ -4,7 +4,7 @@
 # registry is reachable, else built from Debian packages), start the daemon in the
 # background, and run the seed guide's flow with curl. The daemon keeps running afterwards.
 #
-# Environment: SANDKASTEN_CONFIG (default /etc/sandkasten/sandkasten.yaml).
+# Environment: SANDKASTEN_CONFIG (default ./sandkasten.yaml here, where `sandkasten` looks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,7 @@ for cmd in sandkasten imgbuilder sandkasten-wsl; do
 done
 echo "sandkasten, imgbuilder and sandkasten-wsl are on PATH (/usr/local/bin)"
 
-CONFIG=${SANDKASTEN_CONFIG:-/etc/sandkasten/sandkasten.yaml}
+CONFIG=${SANDKASTEN_CONFIG:-$PWD/sandkasten.yaml}
 step "sandkasten init --config $CONFIG"
 sandkasten init --config "$CONFIG"
 

@@ -8,8 +8,6 @@ import contextlib
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +36,9 @@ defaults:
 
 
 def default_config_path() -> Path:
-    """$SANDKASTEN_CONFIG, else /etc/sandkasten/sandkasten.yaml for root, else
-    ./sandkasten.yaml."""
+    """Where the daemon looks too: $SANDKASTEN_CONFIG, else ./sandkasten.yaml."""
     env = os.environ.get("SANDKASTEN_CONFIG")
-    if env:
-        return Path(env)
-    return Path("/etc/sandkasten/sandkasten.yaml") if os.geteuid() == 0 else \
-        Path("sandkasten.yaml")
+    return Path(env) if env else Path("sandkasten.yaml")
 
 
 def new_api_key() -> str:
@@ -105,11 +99,12 @@ def reachable(host: str, timeout: float = 3.0) -> bool:
 
 
 def image_present(data_dir: Path, name: str) -> bool:
+    from imgbuilder.errors import ImageNotFoundError
     from imgbuilder.store import Store
 
     try:
         Store(data_dir).get_image(name)
-    except Exception:
+    except ImageNotFoundError:
         return False
     return True
 
@@ -133,18 +128,18 @@ def debian_suite() -> str:
 
 
 def bootstrap(data_dir: Path, name: str, say: Callable[[str], None]) -> None:
-    """Build ``name`` from the distribution's packages: mmdebstrap (minbase + python3)
-    into a tar, then the same import path as ``imgbuilder import --tar``."""
+    """Build ``name`` from the distribution's packages (``imgbuilder bootstrap``: mmdebstrap,
+    minbase + python3, streamed into the layer store) and record it."""
+    from imgbuilder.bootstrap import bootstrap_image
+    from imgbuilder.store import Store
+
     suite = debian_suite()
-    with tempfile.TemporaryDirectory(prefix="sandkasten-init-") as tmp:
-        tar = Path(tmp) / "rootfs.tar"
-        say(f"building {name!r} with mmdebstrap ({suite}, minbase + python3); "
-            "this takes a few minutes")
-        subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "--include=python3",
-                        "--skip=output/dev", suite, str(tar)], check=True)
-        env = dict(os.environ, SANDKASTEN_DATA_DIR=str(data_dir))
-        subprocess.run([sys.executable, "-m", "imgbuilder.cli", "import", "--name", name,
-                        "--tar", str(tar)], check=True, env=env)
+    say(f"building {name!r} with mmdebstrap ({suite}, minbase + python3); "
+        "this takes a few minutes")
+    store = Store(data_dir)
+    with store.shared_lock():
+        rec = bootstrap_image(store, name, suite=suite, packages=["python3"])
+        store.write_image(rec)
 
 
 def prepare_image(data_dir: Path, name: str, ref: str, say: Callable[[str], None],

@@ -7,19 +7,18 @@ Errors a user can cause print one ``error: ...`` line (and a ``hint:``) on stder
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from imgbuilder.errors import ImageError
 from sandkasten.cli import _checks as C
 from sandkasten.cli import _init as I
 
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="config file (default: $SANDKASTEN_CONFIG, "
-    "/etc/sandkasten/sandkasten.yaml as root, else ./sandkasten.yaml)")]
+    "--config", "-c", help="config file (default: $SANDKASTEN_CONFIG, else ./sandkasten.yaml)")]
 
 
 def _fail(message: str, hint: str = "") -> typer.Exit:
@@ -75,12 +74,9 @@ def init(
         name = str(cfg.get("default_image") or image)
         try:
             how = I.prepare_image(ddir, name, image_ref, _say, offline=offline)
-        except subprocess.CalledProcessError as e:
-            raise _fail(f"building the image failed: `{' '.join(map(str, e.cmd))}` exited "
-                        f"with {e.returncode}", "check network access to the Debian "
-                        "mirror, then run sandkasten init again") from None
-        except FileNotFoundError as e:
-            raise _fail(f"{e.filename} is not installed", "run scripts/deps.sh") from None
+        except ImageError as e:
+            raise _fail(f"preparing the image failed: {e}", e.hint or "check access to the "
+                        "Debian mirror, then run sandkasten init again") from None
         _say({"present": f"default image {name!r}: already there",
               "pulled": f"default image {name!r}: pulled {image_ref}",
               "bootstrapped": f"default image {name!r}: built from Debian packages "

@@ -22,6 +22,7 @@ from sandkasten.sdk import (
 from tests.support import sdk as fx
 from tests.support.sdk import Daemon
 
+image_store = fx.image_store
 sk_daemon = fx.sk_daemon
 sync_client = fx.sync_client
 
@@ -40,8 +41,6 @@ def run(coro_fn: Callable[[SandboxClient], Awaitable[Any]], d: Daemon) -> Any:
 
 
 def test_seed_usage(sk_daemon: Daemon) -> None:
-    if not sk_daemon.real:
-        pytest.skip("needs the Linux runtime: the fake runtime has no python3")
     printed: list[str] = []
 
     async def main() -> None:

@@ -14,6 +14,7 @@ from sandkasten.sdk import SyncSandboxClient
 from tests.support import sdk as fx
 from tests.support.sdk import Daemon
 
+image_store = fx.image_store
 sk_daemon = fx.sk_daemon
 
 pytestmark = pytest.mark.integration

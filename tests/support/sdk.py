@@ -1,12 +1,10 @@
-"""Fixtures for the SDK, agent-tool and docs tests: ``sk_daemon`` (a daemon on a free
-loopback port, API key ``sk-sandbox-test``, a ``python`` image) and a sync client on it."""
+"""Fixtures for the SDK, agent-tool and docs tests: ``sk_daemon``, the real daemon
+(``sandkasten --config FILE`` in a subprocess, LinuxRuntime) on a free loopback port with
+API key ``sk-sandbox-test`` and the ``python`` and ``busybox`` test images, shared by one
+test module; and a sync client on it that destroys what a test left."""
 
 from __future__ import annotations
 
-import socket
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from sandkasten.sdk import SyncSandboxClient
+from tests.support.daemon import DaemonProcess, cleanup_data_dir, clone_store, image_store
 
-API_KEY = "sk-sandbox-test"
+__all__ = ["Daemon", "image_store", "sk_daemon", "sync_client"]
 
 
 @dataclass(frozen=True)
@@ -23,35 +22,18 @@ class Daemon:
     base_url: str
     api_key: str
     data_dir: Path
-    real: bool  # False: the daemon's fake runtime (no python3 in sessions)
 
 
 @pytest.fixture(scope="module")
-def sk_daemon() -> Iterator[Daemon]:
-    import uvicorn
-
-    from sandkasten.api.app import create_app
-    from sandkasten.config import Config
-    from tests.support.fake_runtime import FakeImages, FakeRuntime
-
-    with tempfile.TemporaryDirectory(prefix="sk-sdk-") as tmp:
-        data = Path(tmp) / "data"
-        cfg = Config(api_key=API_KEY, data_dir=data)
-        app = create_app(cfg, FakeRuntime(Path(tmp) / "rt"), images=FakeImages(["python"]))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning"))
-        t = threading.Thread(target=server.run, daemon=True)
-        t.start()
-        while not server.started:
-            time.sleep(0.02)
-        try:
-            yield Daemon(f"http://127.0.0.1:{port}", API_KEY, data, real=False)
-        finally:
-            server.should_exit = True
-            t.join(10)
+def sk_daemon(image_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    data = tmp_path_factory.mktemp("sk-sdk") / "data"
+    clone_store(image_store, data)
+    proc = DaemonProcess(data, workspace={"enabled": True}).start()
+    try:
+        yield Daemon(proc.base_url, proc.api_key, data)
+    finally:
+        proc.stop()
+        cleanup_data_dir(data)
 
 
 @pytest.fixture
