@@ -1,4 +1,5 @@
-"""``sandkasten mcp``: an MCP server (stdio) that gives any MCP client a sandbox.
+"""``sandkasten mcp`` (also ``sandkasten-mcp``, which runs on Windows too): an MCP server
+(stdio) that gives any MCP client a sandbox.
 
 Tools: ``exec``, ``write``, ``read``, ``list`` (the same as the OpenAI Agents tools, see
 ``sandkasten.sdk.tools``). The server creates its session on the first tool call, from
@@ -13,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from sandkasten.sdk import SandboxClient, SandkastenClientError, Session
 from sandkasten.sdk.tools import TOOL_DESCRIPTIONS, SandboxTools
@@ -122,3 +126,29 @@ def serve(
                            ttl_seconds=ttl_seconds, session_id=session_id)
     server = build_server(holder)
     asyncio.run(server.run_stdio_async())
+
+
+def mcp_command(
+    url: Annotated[str | None, typer.Option(help="daemon URL (default $SANDKASTEN_URL or "
+                                                 "http://localhost:8080)")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key (default "
+                                                     "$SANDKASTEN_API_KEY)")] = None,
+    image: Annotated[str | None, typer.Option(help="image of the session")] = None,
+    workspace_id: Annotated[str | None, typer.Option(help="persistent workspace")] = None,
+    ttl_seconds: Annotated[int | None, typer.Option(help="session TTL")] = None,
+    session: Annotated[str | None, typer.Option(help="use this existing session")] = None,
+) -> None:
+    """Serve the sandbox tools (exec, write, read, list) over MCP on stdio."""
+    try:
+        serve(url=url, api_key=api_key, image=image, workspace_id=workspace_id,
+              ttl_seconds=ttl_seconds, session_id=session)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print("hint: pip install 'sandkasten[mcp]'", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """``sandkasten-mcp``: the same server without the daemon's CLI, so it runs wherever
+    the SDK does (e.g. an MCP client on Windows talking to a daemon in WSL2)."""
+    typer.run(mcp_command)

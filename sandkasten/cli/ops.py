@@ -1,4 +1,5 @@
-"""Operator commands: ``sandkasten init``, ``doctor``, ``security`` and ``mcp``.
+"""Operator commands: ``sandkasten init``, ``doctor``, ``security`` (and ``mcp``, from
+:mod:`sandkasten.mcp`).
 
 Errors a user can cause print one ``error: ...`` line (and a ``hint:``) on stderr and exit
 1, never a traceback.
@@ -16,6 +17,7 @@ import typer
 from imgbuilder.errors import ImageError
 from sandkasten.cli import _checks as C
 from sandkasten.cli import _init as I
+from sandkasten.mcp import mcp_command
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="config file (default: $SANDKASTEN_CONFIG, else ./sandkasten.yaml)")]
@@ -141,30 +143,8 @@ def security(config: ConfigOpt = None) -> None:
         raise typer.Exit(1)
 
 
-def mcp(
-    url: Annotated[str | None, typer.Option(help="daemon URL (default $SANDKASTEN_URL or "
-                                                 "http://localhost:8080)")] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key (default "
-                                                     "$SANDKASTEN_API_KEY)")] = None,
-    image: Annotated[str | None, typer.Option(help="image of the session")] = None,
-    workspace_id: Annotated[str | None, typer.Option(help="persistent workspace")] = None,
-    ttl_seconds: Annotated[int | None, typer.Option(help="session TTL")] = None,
-    session: Annotated[str | None, typer.Option(help="use this existing session")] = None,
-) -> None:
-    """Serve the sandbox tools (exec, write, read, list) over MCP on stdio."""
-    try:
-        from sandkasten.mcp import serve
-    except ImportError as e:
-        raise _fail(str(e), "pip install 'sandkasten[mcp]'") from None
-    try:
-        serve(url=url, api_key=api_key, image=image, workspace_id=workspace_id,
-              ttl_seconds=ttl_seconds, session_id=session)
-    except ImportError as e:
-        raise _fail(str(e), "pip install 'sandkasten[mcp]'") from None
-
-
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("doctor")(doctor)
     app.command("security")(security)
-    app.command("mcp")(mcp)
+    app.command("mcp")(mcp_command)
