@@ -10,8 +10,9 @@ daemon, as printed.
   ``wsl`` on PATH (tests/support/wsl.py) that answers like wsl.exe.
 
 The only rewrite: ``localhost:8080`` becomes the test daemon's address (the daemon runs on
-a free port; its API key is the documentation's ``sk-sandbox-test``). ``sudo`` is a
-pass-through where the machine has none (the tests run as root).
+a free port; its API key is the documentation's ``sk-sandbox-test``). ``SANDKASTEN_CONFIG``
+names a config for that daemon, as ``sandkasten init`` would have written it. ``sudo`` is
+a pass-through where the machine has none (the tests run as root).
 """
 
 from __future__ import annotations
@@ -91,7 +92,13 @@ def env(sk_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
         (bin_dir / "sudo").chmod(0o755)
     e = {k: v for k, v in os.environ.items() if not k.startswith(("SANDKASTEN_", "WSL_"))}
+    config = bin_dir / "sandkasten.yaml"  # what `sandkasten init` wrote, for this daemon
+    host, _, port = sk_daemon.base_url.removeprefix("http://").rpartition(":")
+    config.write_text(f'listen: "{host}:{port}"\napi_key: "{sk_daemon.api_key}"\n'
+                      f'data_dir: "{sk_daemon.data_dir}"\ndefault_image: "python"\n')
+    config.chmod(0o600)
     e.update(
+        SANDKASTEN_CONFIG=str(config),
         PATH=os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), e["PATH"]]),
         SANDKASTEN_DATA_DIR=str(sk_daemon.data_dir),
         SANDKASTEN_URL=sk_daemon.base_url,
