@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -239,13 +239,14 @@ class ExecStream:
             print(chunk, end="")
         print(stream.exit_code)
 
-    Iterate it once. ``await stream.wait()`` drains it and returns the ``ExecResult``.
+    ``await stream.wait()`` reads what is left and returns the ``ExecResult`` (its
+    ``output`` holds every chunk).
     """
 
     def __init__(self, client: SandboxClient, call: P.Call) -> None:
         self._client = client
         self._call = call
-        self._started = False
+        self._events_gen: AsyncGenerator[str, None] | None = None
         self.result: ExecResult | None = None
         self._chunks: list[str] = []
 
@@ -254,12 +255,12 @@ class ExecStream:
         return self.result.exit_code if self.result else None
 
     def __aiter__(self) -> AsyncIterator[str]:
-        if self._started:
-            raise RuntimeError("an ExecStream can be iterated only once")
-        self._started = True
-        return self._events()
+        """The chunks, once: a second iteration continues where the first stopped."""
+        if self._events_gen is None:
+            self._events_gen = self._events()
+        return self._events_gen
 
-    async def _events(self) -> AsyncIterator[str]:
+    async def _events(self) -> AsyncGenerator[str, None]:
         async with self._client._stream(self._call) as resp:
             decoder = P.SSEDecoder()
             async for line in resp.aiter_lines():
@@ -281,11 +282,21 @@ class ExecStream:
                     return
         raise P.stream_ended_early()
 
+    async def aclose(self) -> None:
+        """Stop reading (after a ``break``): closes the HTTP response at once."""
+        if self._events_gen is not None:
+            await self._events_gen.aclose()
+
+    async def __aenter__(self) -> ExecStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
     async def wait(self) -> ExecResult:
         """Consume the remaining output; return the result with all output joined."""
-        if not self._started:
-            async for _ in self:
-                pass
+        async for _ in self:  # drain what is left (all of it, if nothing was read yet)
+            pass
         if self.result is None:
             raise RuntimeError("the stream was closed before it finished")
         return self.result

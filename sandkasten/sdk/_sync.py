@@ -11,8 +11,9 @@ only where nothing can run twice; ``with`` blocks destroy the session / close th
 from __future__ import annotations
 
 import builtins
+import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
@@ -185,7 +186,7 @@ class SyncExecStream:
     def __init__(self, client: SyncSandboxClient, call: P.Call) -> None:
         self._client = client
         self._call = call
-        self._started = False
+        self._events_gen: Generator[str, None, None] | None = None
         self.result: ExecResult | None = None
         self._chunks: list[str] = []
 
@@ -194,15 +195,15 @@ class SyncExecStream:
         return self.result.exit_code if self.result else None
 
     def __iter__(self) -> Iterator[str]:
-        if self._started:
-            raise RuntimeError("an ExecStream can be iterated only once")
-        self._started = True
-        return self._events()
+        """The chunks, once: a second iteration continues where the first stopped."""
+        if self._events_gen is None:
+            self._events_gen = self._events()
+        return self._events_gen
 
-    def _events(self) -> Iterator[str]:
+    def _events(self) -> Generator[str, None, None]:
         with self._client._stream(self._call) as resp:
             decoder = P.SSEDecoder()
-            for line in [*resp.iter_lines(), ""]:
+            for line in itertools.chain(resp.iter_lines(), [""]):  # "" flushes the last event
                 event = decoder.feed(line)
                 if event is None:
                     continue
@@ -215,10 +216,20 @@ class SyncExecStream:
                     yield item
         raise P.stream_ended_early()
 
+    def close(self) -> None:
+        """Stop reading (after a ``break``): closes the HTTP response at once."""
+        if self._events_gen is not None:
+            self._events_gen.close()
+
+    def __enter__(self) -> SyncExecStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def wait(self) -> ExecResult:
-        if not self._started:
-            for _ in self:
-                pass
+        for _ in self:  # drain what is left (all of it, if nothing was read yet)
+            pass
         if self.result is None:
             raise RuntimeError("the stream was closed before it finished")
         return self.result

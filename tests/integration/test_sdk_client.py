@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,12 @@ def test_exec_is_stateful_and_typed(sk_daemon: Daemon) -> None:
 def test_exec_stream(sk_daemon: Daemon) -> None:
     async def flow(client: SandboxClient) -> tuple[list[str], int | None, str]:
         async with await client.create_session() as s:
-            stream = s.exec_stream("echo one; sleep 0.2; echo two")
-            chunks = [c async for c in stream]
+            stream = s.exec_stream("echo one; sleep 1; echo two")
+            start, chunks, first = time.monotonic(), [], 0.0
+            async for c in stream:
+                first = first or time.monotonic() - start
+                chunks.append(c)
+            assert first < time.monotonic() - start - 0.5  # output arrives while it runs
             assert stream.result is not None
             return chunks, stream.exit_code, stream.result.output
     chunks, code, output = run(flow, sk_daemon)
@@ -180,8 +185,11 @@ def test_sync_client(sync_client: SyncSandboxClient) -> None:
         assert s.exec("echo sync").output == "sync\n"
         s.write("s.txt", b"bytes")
         assert s.read("s.txt") == b"bytes" and s.read_text("s.txt") == "bytes"
-        stream = s.exec_stream("echo a; echo b")
-        assert "".join(stream) == "a\nb\n" and stream.exit_code == 0
+        stream = s.exec_stream("echo a; sleep 1; echo b")
+        start = time.monotonic()
+        first = next(iter(stream))
+        assert first == "a\n" and time.monotonic() - start < 0.9  # live, not buffered
+        assert stream.wait().output == "a\nb\n" and stream.exit_code == 0
         assert s.exec_split("echo e >&2").stderr == "e\n"
         assert [e.name for e in s.list()] == ["s.txt"]
         assert s.upload([("x.txt", b"x")]) == ["/workspace/x.txt"]
@@ -189,3 +197,16 @@ def test_sync_client(sync_client: SyncSandboxClient) -> None:
         sid = s.id
     with pytest.raises(NotFoundError):
         sync_client.get_session(sid)
+
+
+def test_stream_closed_early_leaves_the_session_usable(sk_daemon: Daemon) -> None:
+    async def flow(client: SandboxClient) -> None:
+        async with await client.create_session() as s:
+            async with s.exec_stream("echo first; sleep 2; echo late") as stream:
+                async for chunk in stream:
+                    assert chunk == "first\n"
+                    break
+            assert stream.result is None
+            r = await s.exec("echo next", timeout_ms=10_000)
+            assert r.output.endswith("next\n")
+    run(flow, sk_daemon)
