@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,7 @@ from ._models import (
     ExecResult,
     FileContent,
     FileEntry,
+    ImageInfo,
     SessionInfo,
     SessionStats,
     SplitExecResult,
@@ -229,6 +230,32 @@ class SandboxClient:
 
     async def write_workspace_file(self, workspace_id: str, path: str, data: str | bytes) -> None:
         await self._call(P.write_file("workspaces", workspace_id, path, data))
+
+    async def list_images(self) -> builtins.list[ImageInfo]:
+        data = await self._call(P.list_images())
+        return [ImageInfo.from_json(d) for d in unwrap_list(data, "images")]
+
+    async def delete_image(self, name: str) -> None:
+        await self._call(P.delete_image(name))
+
+    async def pull_image(
+        self, ref: str, *, name: str | None = None, platform: str | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> ImageInfo:
+        """Have the daemon pull ``ref`` from its registry; ``progress`` receives each
+        per-layer event. Returns the stored image."""
+        async with self._stream(P.pull_image(ref, name=name, platform=platform)) as resp:
+            decoder = P.SSEDecoder()
+            async for line in resp.aiter_lines():
+                event = decoder.feed(line)
+                if event is None:
+                    continue
+                item = P.pull_event(*event)
+                if isinstance(item, ImageInfo):
+                    return item
+                if progress is not None:
+                    progress(item)
+        raise P.stream_ended_early()
 
 
 class ExecStream:

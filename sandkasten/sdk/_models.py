@@ -171,6 +171,30 @@ class WorkspaceInfo:
         return cls(**known, extra=extra)
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image in the daemon's store (``GET /v1/images``)."""
+
+    name: str
+    reference: str = ""
+    digest: str = ""
+    platform: str = ""
+    layers: int = 0
+    size: int = 0
+    source: str = ""
+    created: datetime | None = None
+    pulled_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageInfo:
+        known, extra = _known(cls, data)
+        for key in ("created", "pulled_at"):
+            if key in known:
+                known[key] = _parse_time(known[key])
+        return cls(**known, extra=extra)
+
+
 def unwrap_list(data: Any, key: str) -> list[Any]:
     """The daemon may answer a bare list or ``{key: [...]}``; both mean the list."""
     if isinstance(data, list):

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ._errors import SandkastenAPIError, ServerError, error_from_response
-from ._models import ExecResult, unwrap_list
+from ._models import ExecResult, ImageInfo, unwrap_list
 
 WORKSPACE = "/workspace"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -198,6 +198,37 @@ def import_workspace(workspace_id: str, tar_bytes: bytes) -> Call:
                 headers={"Content-Type": "application/x-tar"})
 
 
+# ---- images ---------------------------------------------------------------------------
+
+def list_images() -> Call:
+    return Call("GET", "/v1/images")
+
+
+def delete_image(name: str) -> Call:
+    return Call("DELETE", f"/v1/images/{_seg(name)}")
+
+
+def pull_image(ref: str, *, name: str | None = None, platform: str | None = None) -> Call:
+    body = {"ref": ref, "name": name, "platform": platform}
+    # A pull of a large image takes minutes; the stream carries progress all along.
+    return Call("POST", "/v1/images/pull", json={k: v for k, v in body.items() if v},
+                timeout=3600.0, headers={"Accept": "text/event-stream"})
+
+
+def pull_event(event: str, data: str) -> dict[str, Any] | ImageInfo:
+    """``progress`` → its dict, ``done`` → the image, ``error`` → the matching exception."""
+    try:
+        payload = json.loads(data) if data else {}
+    except ValueError:
+        payload = {"message": data}
+    if event == "error":
+        status = STREAM_ERROR_STATUS.get(str(payload.get("code", "")), 502)
+        raise error_from_response(status, json.dumps(payload).encode())
+    if event == "done":
+        return ImageInfo.from_json(payload)
+    return payload if isinstance(payload, dict) else {"message": payload}
+
+
 def health() -> Call:
     return Call("GET", "/healthz")
 
@@ -252,6 +283,7 @@ class SSEDecoder:
 STREAM_ERROR_STATUS = {
     "not_found": 404, "session_not_found": 404, "conflict": 409, "session_busy": 409,
     "invalid_request": 400, "validation_error": 400, "cmd_too_large": 400,
+    "image_not_found": 404, "manifest_unknown": 404, "unauthorized": 401,
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,7 @@ from ._models import (
     ExecResult,
     FileContent,
     FileEntry,
+    ImageInfo,
     SessionInfo,
     SessionStats,
     SplitExecResult,
@@ -178,6 +179,30 @@ class SyncSandboxClient:
 
     def write_workspace_file(self, workspace_id: str, path: str, data: str | bytes) -> None:
         self._call(P.write_file("workspaces", workspace_id, path, data))
+
+    def list_images(self) -> builtins.list[ImageInfo]:
+        return [ImageInfo.from_json(d)
+                for d in unwrap_list(self._call(P.list_images()), "images")]
+
+    def delete_image(self, name: str) -> None:
+        self._call(P.delete_image(name))
+
+    def pull_image(
+        self, ref: str, *, name: str | None = None, platform: str | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> ImageInfo:
+        with self._stream(P.pull_image(ref, name=name, platform=platform)) as resp:
+            decoder = P.SSEDecoder()
+            for line in resp.iter_lines():
+                event = decoder.feed(line)
+                if event is None:
+                    continue
+                item = P.pull_event(*event)
+                if isinstance(item, ImageInfo):
+                    return item
+                if progress is not None:
+                    progress(item)
+        raise P.stream_ended_early()
 
 
 class SyncExecStream:

@@ -21,6 +21,8 @@ from sandkasten.sdk import (
     UnauthorizedError,
 )
 from tests.support import sdk as fx
+from tests.support.ocibuild import directory, file, push_image
+from tests.support.registry import LocalRegistry
 from tests.support.sdk import Daemon
 
 image_store = fx.image_store
@@ -210,3 +212,28 @@ def test_stream_closed_early_leaves_the_session_usable(sk_daemon: Daemon) -> Non
             r = await s.exec("echo next", timeout_ms=10_000)
             assert r.output.endswith("next\n")
     run(flow, sk_daemon)
+
+
+def test_images_pull_list_delete(sk_daemon: Daemon, registry: LocalRegistry) -> None:
+    pushed = push_image(registry, "sdk/img", "1", [[directory("bin"),
+                                                    file("bin/tool", b"x", 0o755)]])
+    ref = f"{registry.host}/sdk/img:1"
+
+    async def flow(client: SandboxClient) -> None:
+        events: list[dict[str, Any]] = []
+        img = await client.pull_image(ref, name="sdk-img", progress=events.append)
+        assert img.name == "sdk-img" and img.digest == pushed.manifest_digest
+        assert img.layers == 1 and img.source == "registry"
+        assert events, "per-layer progress arrives before the result"
+        assert "sdk-img" in {i.name for i in await client.list_images()}
+        with pytest.raises(NotFoundError):
+            await client.pull_image(f"{registry.host}/sdk/absent:1", name="absent")
+        await client.delete_image("sdk-img")
+        assert "sdk-img" not in {i.name for i in await client.list_images()}
+    run(flow, sk_daemon)
+
+    with SyncSandboxClient(sk_daemon.base_url, sk_daemon.api_key) as c:
+        assert c.pull_image(ref, name="sdk-img2").digest == pushed.manifest_digest
+        c.delete_image("sdk-img2")
+        with pytest.raises(NotFoundError):
+            c.delete_image("sdk-img2")
