@@ -2,7 +2,7 @@
 ``SyncSandboxClient`` (blocking), both on httpx. Imports nothing Linux-specific, so it
 installs and runs on Windows and macOS as well."""
 
-from ._client import ExecStream, SandboxClient, Session
+from ._client import SandboxClient, Session
 from ._errors import (
     BadRequestError,
     ConflictError,
@@ -27,6 +27,7 @@ from ._models import (
     SplitExecResult,
     WorkspaceInfo,
 )
+from ._stream import ExecStream
 from ._sync import SyncExecStream, SyncSandboxClient, SyncSession
 
 __all__ = [
