@@ -174,10 +174,16 @@ class SandkastenSandboxSession(BaseSandboxSession):
             return False
         return info.status == "running"
 
+    def _whole_workspace(self) -> bool:
+        """The agent's root is the daemon workspace itself: use its archive endpoints."""
+        return bool(self.state.workspace_id) and \
+            self._workspace_root_path().as_posix().rstrip("/") == DEFAULT_ROOT
+
     async def persist_workspace(self) -> io.IOBase:
         root = self._workspace_root_path()
         try:
-            if self.state.workspace_id:
+            if self._whole_workspace():
+                assert self.state.workspace_id is not None
                 data = await self._client.export_workspace(self.state.workspace_id)
             else:
                 data = await self._session.archive(root.as_posix())
@@ -193,7 +199,8 @@ class SandkastenSandboxSession(BaseSandboxSession):
         if not isinstance(payload, bytes | bytearray):
             raise WorkspaceWriteTypeError(path=root, actual_type=type(payload).__name__)
         try:
-            if self.state.workspace_id:
+            if self._whole_workspace():
+                assert self.state.workspace_id is not None
                 # The daemon unpacks it safely (no escapes, no devices) into the workspace
                 # directory that is this session's /workspace.
                 await self._client.import_workspace(self.state.workspace_id, bytes(payload))
