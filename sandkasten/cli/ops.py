@@ -74,6 +74,11 @@ def init(
     _say(f"data directory {ddir} ready ({', '.join(I.DATA_SUBDIRS)})")
     if not no_image:
         name = str(cfg.get("default_image") or image)
+        if name != I.DEFAULT_IMAGE_NAME and image_ref == I.DEFAULT_IMAGE_REF and \
+                not I.image_present(ddir, name):
+            raise _fail(f"the default image {name!r} is not in the store, and {image_ref} "
+                        "is a python image", f"pass --image-ref REF for it, or run sudo "
+                        f"sandkasten image pull --name {name} REF")
         try:
             how = I.prepare_image(ddir, name, image_ref, _say, offline=offline)
         except ImageError as e:
