@@ -91,3 +91,13 @@ def test_doctor_one_line_per_check(tmp_path: Path) -> None:
         assert "[ ok ] overlay mount  overlayfs works" in res.stdout
         assert list(data.iterdir()) == []  # the probe cleaned up
     assert res.returncode == (1 if "[FAIL]" in res.stdout else 0)
+
+
+def test_init_does_not_pull_python_for_another_default_image(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f'default_image: "node"\ndata_dir: "{tmp_path / "d"}"\n')
+    res = sk("init", "--config", str(cfg))
+    assert res.returncode == 1
+    assert "error: the default image 'node' is not in the store" in res.stderr
+    assert "hint: pass --image-ref REF for it" in res.stderr
+    assert list((tmp_path / "d" / "images").glob("*.json")) == []
