@@ -57,8 +57,8 @@ def normalize_base_url(url: str) -> str:
 
 
 def sandbox_path(path: str) -> str:
-    """Relative paths land in /workspace, as in the sandbox's own shell; ``..`` is resolved
-    here only for the display path: the daemon enforces what may be reached."""
+    """Relative paths land in /workspace (not in the shell's current directory, which
+    may have moved). Nothing else is changed: the daemon decides what may be reached."""
     if not path:
         raise ValueError("path must not be empty")
     return path if path.startswith("/") else posixpath.join(WORKSPACE, path)
