@@ -165,8 +165,10 @@ class Wsl:
         return found.splitlines()[-1]
 
     def read_file(self, path: str) -> str | None:
-        local = Path(path).expanduser()
-        if local.is_file():
+        """A config's text: paths like ``~/x`` or ``/etc/x`` are read inside WSL (``cat``),
+        others (``C:\\...``, relative) on this side first."""
+        local = Path(path)
+        if not path.startswith(("~", "/")) and local.is_file():
             try:
                 return local.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
