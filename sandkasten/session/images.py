@@ -79,7 +79,7 @@ def image_summary(rec: Any) -> dict[str, Any]:
     return {
         "name": rec.name,
         "reference": getattr(rec, "reference", "") or "",
-        "digest": getattr(rec, "manifest_digest", "") or "",
+        "digest": getattr(rec, "manifest_digest", None) or getattr(rec, "config_digest", "") or "",
         "platform": getattr(rec, "platform", "") or "",
         "layers": len(layers),
         "size": sum(int(getattr(layer, "size", 0) or 0) for layer in layers),
@@ -108,7 +108,8 @@ class StoreImages:
         cfg = rec.config or {}
         return ImageInfo(
             name=rec.name,
-            manifest_digest=rec.manifest_digest or "",
+            # Imported images have no manifest: their config digest identifies them as well.
+            manifest_digest=rec.manifest_digest or rec.config_digest or "",
             layer_paths=list(self.store.layer_paths(rec)),
             env=list(cfg.get("Env") or []),
             workdir=str(cfg.get("WorkingDir") or ""),

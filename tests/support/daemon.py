@@ -140,6 +140,7 @@ class DaemonProcess:
 
     def start(self, timeout: float = 60) -> DaemonProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
+        offset = len(self.log())  # a restart appends to the same log
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDKASTEN_")}
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
@@ -152,7 +153,7 @@ class DaemonProcess:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = re.search(r"INFO listening addr=(\S+)", self.log())
+            m = re.search(r"INFO listening addr=(\S+)", self.log()[offset:])
             if m:
                 self.base_url = f"http://{m.group(1)}"
                 return self
@@ -207,23 +208,29 @@ def start_daemon(data_dir: Path, **config: Any) -> DaemonProcess:
 
 # ---- pytest fixtures (import them into a test module to use them) ---------------------------
 @pytest.fixture(scope="session")
-def image_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def image_store() -> Iterator[Path]:
     """A data dir with the ``busybox`` and ``python`` test images, built once per run."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the daemon uses namespaces, overlayfs mounts and cgroups")
-    d = tmp_path_factory.mktemp("sk-images")
+    # Short and on the same filesystem as the daemons' data dirs (they hard-link it).
+    d = Path(tempfile.mkdtemp(prefix="sk-images-", dir="/tmp"))
     install_test_images(d)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
-def daemon_factory(image_store: Path, tmp_path: Path) -> Iterator[Any]:
-    """``make(**config)`` starts a real daemon with its own data dir (the test images in it)."""
+def daemon_factory(image_store: Path) -> Iterator[Any]:
+    """``make(**config)`` starts a real daemon with its own data dir (the test images in it).
+
+    Data dirs are short paths (``/tmp/skd-XXXX/data``): a runner's Unix socket path in
+    ``sessions/<id>/runner.sock`` must stay under the kernel's 108-byte limit.
+    """
     started: list[DaemonProcess] = []
+    top = Path(tempfile.mkdtemp(prefix="skd-", dir=image_store.parent))
 
     def make(**config: Any) -> DaemonProcess:
-        data = tmp_path / f"data{len(started)}"
+        data = top / f"d{len(started)}"
         clone_store(image_store, data)
         d = DaemonProcess(data, **config)
         started.append(d)
@@ -235,6 +242,7 @@ def daemon_factory(image_store: Path, tmp_path: Path) -> Iterator[Any]:
             d.stop()
     for d in started:
         cleanup_data_dir(d.data_dir)
+    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
