@@ -16,12 +16,32 @@ import errno
 import os
 import posixpath
 import stat
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from runner import protocol as p
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_PROC_SUPER_MAGIC = 0x9FA0
+_SYSFS_MAGIC = 0x62656572
+_statfs_buf = ctypes.create_string_buffer(256)
+_statfs_lock = threading.Lock()
+
+
+def _refuse_kernel_fs(fd: int, path: str) -> None:
+    """Refuse /proc and /sys objects, checked on the opened fd (no symlink race).
+
+    The runner is PID 1: through /proc it would see its own memory and descriptors, which
+    no sandbox user may read. Commands in the sandbox see /proc as the sandbox user.
+    """
+    with _statfs_lock:
+        if _libc.fstatfs(fd, _statfs_buf) != 0:
+            return
+        f_type = int.from_bytes(_statfs_buf.raw[:8], sys.byteorder)
+    if f_type in (_PROC_SUPER_MAGIC, _SYSFS_MAGIC):
+        raise FileOpError("permission_denied", f"{path}: not served by file requests")
 
 
 class FileOpError(Exception):
@@ -74,9 +94,10 @@ class Files:
             with as_user(self.uid, self.gid):
                 try:
                     os.makedirs(posixpath.dirname(path), exist_ok=True)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                 mode)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
                     try:
+                        _refuse_kernel_fs(fd, path)
+                        os.ftruncate(fd, 0)
                         view = memoryview(data)
                         while view:
                             view = view[os.write(fd, view):]
@@ -94,6 +115,7 @@ class Files:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                 try:
+                    _refuse_kernel_fs(fd, path)
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
                         raise FileOpError("invalid", f"{path}: not a regular file")
                     limit = max_bytes if max_bytes is not None and max_bytes >= 0 else None
@@ -119,6 +141,11 @@ class Files:
         entries = []
         with as_user(self.uid, self.gid):
             try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    _refuse_kernel_fs(fd, path)
+                finally:
+                    os.close(fd)
                 with os.scandir(path) as it:
                     for de in it:
                         try:

@@ -21,9 +21,12 @@ _ANSI = re.compile(
 )
 
 
+_CRLF = re.compile(r"\r+\n")  # a program's own \r\n becomes \r\r\n on the PTY
+
+
 def clean(data: bytes, raw: bool) -> str:
     """Decode terminal output: UTF-8 (invalid bytes replaced), LF endings, escapes stripped."""
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    text = _CRLF.sub("\n", data.decode("utf-8", errors="replace"))
     if raw:
         return text
     return _ANSI.sub("", text)
@@ -64,8 +67,8 @@ class StreamCleaner:
             esc = text.rfind("\x1b", max(0, len(text) - 64))
             if esc != -1 and not self.raw and _ANSI.match(text, esc) is None:
                 cut = esc
-            if cut > 0 and text[cut - 1] == "\r":
+            while cut > 0 and text[cut - 1] == "\r":
                 cut -= 1
             text, self._pending = text[:cut], text[cut:]
-        text = text.replace("\r\n", "\n")
+        text = _CRLF.sub("\n", text)
         return text if self.raw else _ANSI.sub("", text)

@@ -92,6 +92,8 @@ class Runner:
             send(p.Error(code="invalid", message=str(e)))
         except (OSError, RuntimeError) as e:
             send(p.Error(code="internal", message=str(e)))
+        except (TypeError, ValueError, AttributeError) as e:  # fields of the wrong type
+            send(p.Error(code="invalid", message=f"{type(msg).__name__}: {e}"))
 
     def _dispatch(self, msg: p.Message, send: Callable[[p.Message], None]) -> p.Message:
         if isinstance(msg, p.Exec | p.ExecStream):

@@ -6,12 +6,15 @@ terminal, so programs see a terminal and the shell runs each foreground job in i
 process group. For each exec the runner writes::
 
     { eval '<cmd, single-quote escaped>'
-    } </dev/null
+    } </dev/null 2>&1
     printf '\\036<nonce>:%d:%s\\037<nonce>\\n' "$?" "$PWD"
 
 - ``eval`` keeps cd, exports, functions and background jobs in the shell; a syntax error
   fails that line only (interactive shells survive it) and the marker line still runs.
 - ``</dev/null``: a command that reads stdin gets EOF instead of eating the next exec.
+- ``2>&1``: the command's stderr joins its stdout on the PTY, while the shell's own stderr
+  is /dev/null: job notices ("[1]+ Done ...") that an interactive shell prints before
+  reading the next command never land in the next exec's output.
 - The marker carries a fresh random nonce per exec. The PTY does not echo the pipe's input,
   so the nonce never appears in the output unless the shell prints the marker: output of the
   command cannot forge an end of exec or an exit code.
@@ -95,7 +98,7 @@ class Shell:
     def _start(self) -> None:
         master, slave = os.openpty()
         r, w = os.pipe()
-        devnull = os.open("/dev/null", os.O_RDONLY)
+        devnull = os.open("/dev/null", os.O_RDWR)
         try:
             os.fchown(slave, self.cfg.uid, self.cfg.gid)
             os.fchown(r, self.cfg.uid, self.cfg.gid)  # the shell reopens it as /proc/self/fd/3
@@ -106,12 +109,12 @@ class Shell:
             if self.is_bash:
                 # bash reads a pipe on stdin one byte at a time and never loses input
                 argv = [self.path, "--norc", "--noprofile", "--noediting", "-i"]
-                spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, slave, ctty=slave)
+                spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, devnull, ctty=slave)
             else:
                 # ash/dash: commands from fd 3, stdin /dev/null (with commands on stdin,
                 # busybox runs some pipeline members on the shell's own input)
                 argv = [self.path, "-i", "/proc/self/fd/3"]
-                spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, slave,
+                spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, devnull,
                                  ctty=slave, fd3=r)
             self.pid = self.reaper.spawn(lambda: fork_exec(spec, self.cfg.setup))
         except BaseException:
@@ -220,9 +223,9 @@ class Shell:
         staged = None
         if len(req.cmd.encode()) > STAGE_THRESHOLD:
             staged = self._stage(req.cmd, nonce)
-            body = f"{{ . {_quote(staged)}\n}} </dev/null\n"
+            body = f"{{ . {_quote(staged)}\n}} </dev/null 2>&1\n"
         else:
-            body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null\n"
+            body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null 2>&1\n"
         self._write(body)
         self._drained()
         self._write(self._marker_line(nonce))

@@ -67,10 +67,11 @@ class ForkServerClient:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
+        # A minimal environment: it is the initial environment of every sandbox's PID 1,
+        # and the daemon's own (API keys, tokens) must never be in a sandbox's memory.
         root = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                    else "")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+               "PYTHONPATH": root}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sandkasten.runtime.linux.forkserver",
              str(theirs.fileno())],

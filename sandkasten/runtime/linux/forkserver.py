@@ -23,6 +23,7 @@ The fork server exits when the daemon's end closes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -114,6 +115,10 @@ def _report(fd: int, msg: dict[str, object]) -> None:
 def _setup(req: CreateRequest, report: int, flt: seccomp.PreparedFilter) -> None:
     """The setup process (see the module docstring). Never returns."""
     try:
+        old_wakeup = signal.set_wakeup_fd(-1)
+        if old_wakeup >= 0:
+            os.close(old_wakeup)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
         devnull = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
@@ -143,8 +148,9 @@ def _setup(req: CreateRequest, report: int, flt: seccomp.PreparedFilter) -> None
 
 
 class ForkServer:
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(self, control: socket.socket, wakeup: int) -> None:
         self.control = control
+        self.wakeup = wakeup  # readable when SIGCHLD arrived
         self.pending: dict[int, _Pending] = {}  # report pipe fd -> state
         self.filters: dict[str, seccomp.PreparedFilter] = {}
 
@@ -163,6 +169,7 @@ class ForkServer:
         child = os.fork()
         if child == 0:
             os.close(r)
+            os.close(self.wakeup)
             self.control.close()
             for fd in self.pending:
                 os.close(fd)
@@ -197,12 +204,30 @@ class ForkServer:
                 os.kill(st.pid, signal.SIGKILL)
         send_obj(self.control, (st.req_id, None, st.error or "sandbox setup ended early"))
 
+    def reap(self) -> None:
+        """Collect exited sandboxes: as a child subreaper, their PID 1s are our orphans."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wakeup, 512):
+                pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
     def serve(self) -> None:
         while True:
-            watched: list[Any] = [self.control, *self.pending]
-            rl: list[Any] = select.select(watched, [], [])[0]
+            watched: list[Any] = [self.control, self.wakeup, *self.pending]
+            try:
+                rl: list[Any] = select.select(watched, [], [])[0]
+            except InterruptedError:
+                continue
             for fd in rl:
-                if fd is self.control:
+                if fd == self.wakeup:
+                    self.reap()
+                elif fd is self.control:
                     msg = recv_obj(self.control)
                     if msg is None:
                         return  # the daemon is gone; sandboxes live on
@@ -219,8 +244,19 @@ def main() -> None:
     # Die with the daemon; ignore terminal signals meant for it.
     ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Sandboxes' PID 1s are re-parented to us (not to whatever the host's init is, which
+    # may not reap), so their exit is collected at once and destroy never waits on a
+    # zombie. If we die they move on to the next subreaper or init, still alive.
+    ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Preloaded objects never change again: keep the collector from touching (and so
+    # copying) their pages in every forked sandbox.
+    gc.collect()
+    gc.freeze()
     send_obj(control, ("hello", os.getpid()))
-    ForkServer(control).serve()
+    ForkServer(control, r).serve()
 
 
 if __name__ == "__main__":

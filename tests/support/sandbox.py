@@ -1,0 +1,87 @@
+"""Fixtures for real sandboxes: image layer directories and a LinuxRuntime in a temp dir.
+
+    from tests.support.sandbox import busybox_layer, debian_layer, linux_runtime, run  # noqa
+    def test_x(linux_runtime, busybox_layer):
+        sb = run(linux_runtime.create(spec_for(busybox_layer, "x1")))
+
+``run`` drives a coroutine to completion: ``LinuxSandbox`` opens a connection per request,
+so one sandbox can be used from successive event loops. Sessions are destroyed and the
+runtime's cgroup parent is unique per test module, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from sandkasten.runtime.base import SessionSpec
+from tests.support.rootfs import CACHE, busybox_rootfs, debian_python_tar
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def spec_for(layer: Path, session_id: str | None = None, **kw: Any) -> SessionSpec:
+    return SessionSpec(id=session_id or f"t{uuid.uuid4().hex[:10]}", image="test",
+                       layer_paths=[layer], **kw)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: namespaces, overlayfs mounts and cgroups")
+
+
+@pytest.fixture(scope="session")
+def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox root filesystem used as a single overlay lower layer."""
+    _require_root()
+    return busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def debian_layer() -> Path:
+    """The Debian bookworm + python3 rootfs, extracted once into the test cache."""
+    _require_root()
+    dest = CACHE / "debian-bookworm-python3.rootfs"
+    done = CACHE / "debian-bookworm-python3.rootfs.complete"
+    if done.exists():
+        return dest
+    tar = debian_python_tar()
+    with open(CACHE / ".extract.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            subprocess.run(["tar", "-xpf", str(tar), "-C", str(dest), "--numeric-owner"],
+                           check=True)
+            done.touch()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def linux_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A LinuxRuntime with its own data dir and cgroup parent; every session is removed."""
+    _require_root()
+    from sandkasten.runtime.linux import LinuxRuntime
+
+    data = tmp_path_factory.mktemp("sandkasten-data")
+    rt = LinuxRuntime(data, cgroup_parent="sandkasten-tests")
+    rt.start()
+    try:
+        yield rt
+    finally:
+        for sid in rt.list_sessions():
+            rt.destroy_sync(sid)
+        rt.close()
