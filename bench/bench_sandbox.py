@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -40,9 +41,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sandkasten_driver
+from bench.procs import pss_kib, tree
 from tests.support.rootfs import debian_python_tar
 
 CMD = ["python3", "-c", "print(2+2)"]
+CRUN_CGROUP_PARENT = "sk-bench-crun"
 LIMITS: dict[str, float] = {"cpu": 1.0, "memory_mb": 512, "pids": 256}
 MEM_BYTES = 512 << 20
 Ms = list[float]
@@ -91,38 +94,6 @@ def machine_facts() -> dict[str, str]:
 
 
 # -- measurement helpers --------------------------------------------------------------------
-
-def pss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
 
 def pct(xs: Ms, q: float) -> float:
     xs = sorted(xs)
@@ -200,7 +171,7 @@ class Crun:
         b.mkdir()
         cfg = json.loads(json.dumps(self.config))
         cfg["process"]["args"] = args
-        cfg["linux"]["cgroupsPath"] = f"/sk-bench/{cid}"
+        cfg["linux"]["cgroupsPath"] = f"/{CRUN_CGROUP_PARENT}/{cid}"
         (b / "config.json").write_text(json.dumps(cfg))
         return cid, b
 
@@ -249,6 +220,10 @@ class Crun:
         for cid in os.listdir(self.state) if self.state.exists() else []:
             subprocess.run(self.crun("delete", "--force", cid), check=False,
                            capture_output=True)
+        # crun removes each container's cgroup, not the parent it created in every hierarchy
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{CRUN_CGROUP_PARENT}"):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -256,7 +231,8 @@ class Crun:
 def fmt_ms(xs: Ms | None) -> str:
     if not xs:
         return "n/a"
-    return f"{pct(xs, 0.5):.1f} / {pct(xs, 0.9):.1f}"
+    digits = 3 if pct(xs, 0.9) < 1 else 1
+    return f"{pct(xs, 0.5):.{digits}f} / {pct(xs, 0.9):.{digits}f}"
 
 
 def fmt_kib(k: float | None) -> str:
@@ -281,6 +257,35 @@ def table(results: dict[str, dict[str, object]], concs: list[int], runs: int) ->
     return "\n".join(out)
 
 
+def targets(results: dict[str, dict[str, object]], concs: list[int]) -> list[str]:
+    """The issue's targets, checked against this run's figures."""
+    sk, bw = results["sandkasten"], results["bwrap"]
+    out = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for c in concs:
+        a, b = sk.get(f"cold{c}"), bw.get(f"cold{c}")
+        if a and b:
+            r = pct(a, 0.5) / pct(b, 0.5)  # type: ignore[arg-type]
+            out.append(f"cold create + first exec p50 within 1.5x of bwrap ({c} at a time): "
+                       f"{r:.2f}x, {verdict(r <= 1.5)}")
+    if sk.get("pooled"):
+        v = pct(sk["pooled"], 0.5)  # type: ignore[arg-type]
+        out.append(f"pooled create p50 < 2 ms: {v:.3f} ms, {verdict(v < 2)}")
+    if sk.get("exec"):
+        v = pct(sk["exec"], 0.5)  # type: ignore[arg-type]
+        out.append(f"exec round trip p50 < 2 ms: {v:.2f} ms, {verdict(v < 2)}")
+    for c in concs:
+        k = sk.get(f"idle{c}")
+        if k is not None:
+            mib = float(k) / 1024  # type: ignore[arg-type]
+            out.append(f"idle session < 8 MiB PSS ({c} alive): {mib:.2f} MiB, "
+                       f"{verdict(mib < 8)}")
+    return out
+
+
 def write_docs(path: Path, facts: dict[str, str], tbl: str, notes: list[str],
                runs: int) -> None:
     start, end = "<!-- bench:sandboxes:start -->", "<!-- bench:sandboxes:end -->"
@@ -290,7 +295,9 @@ def write_docs(path: Path, facts: dict[str, str], tbl: str, notes: list[str],
         f"({runs} samples per figure; `python3 -c 'print(2+2)'` in the same Debian bookworm "
         "rootfs for all three; limits 1 cpu, 512 MiB, 256 pids).", "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".", "",
-        tbl, "", *[f"- {n}" for n in notes], end])
+        tbl, "", *[f"- {n}" for n in notes],
+        "- The machine is shared with other work: figures move between runs, so compare the "
+        "columns of one run rather than runs with each other.", end])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:
         text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
@@ -319,27 +326,48 @@ async def main() -> int:
         work = Path(tmp)
         rootfs = extract_rootfs(work)
         bw, cr = Bwrap(rootfs), Crun(rootfs, work)
+        sk: sandkasten_driver.Sandkasten | None = None
+        if "sandkasten" in only:
+            try:
+                sk = sandkasten_driver.Sandkasten(rootfs, work / "sandkasten", LIMITS, CMD)
+            except ImportError as e:
+                notes.append(f"sandkasten: LinuxRuntime is not available in this tree ({e})")
         try:
+            # Warm the page cache and each tool once, then measure the tools one after the
+            # other per concurrency level, so a change in the machine's load hits all three.
+            await bw.cold(3, 1)
+            if sk:
+                await sk.cold(2, 1)
             for c in concs:
                 runs = max(args.runs, c)
                 if "bwrap" in only:
-                    await bw.cold(3, 1)  # warm the page cache for everyone
                     results["bwrap"][f"cold{c}"] = await bw.cold(runs, c)
-                    results["bwrap"][f"idle{c}"] = bw.idle(c)
                 if "crun" in only:
                     results["crun"][f"cold{c}"] = await cr.cold(runs, c)
+                if sk:
+                    results["sandkasten"][f"cold{c}"] = await sk.cold(runs, c)
+                if "bwrap" in only:
+                    results["bwrap"][f"idle{c}"] = bw.idle(c)
+                if "crun" in only:
                     results["crun"][f"idle{c}"] = cr.idle(c)
-                print(f"bwrap/crun done for concurrency {c}", file=sys.stderr)
+                if sk:
+                    pss, rtt = await sk.idle_and_exec(c, max(args.runs, 100) if c == concs[0]
+                                                      else 0)
+                    results["sandkasten"][f"idle{c}"] = pss
+                    if rtt:
+                        results["sandkasten"]["exec"] = rtt
+                print(f"concurrency {c} done", file=sys.stderr)
             if "crun" in only:
-                results["crun"]["exec"] = await cr.exec_rtt(args.runs)
-            if "sandkasten" in only:
-                sk = await sandkasten_driver.run(rootfs, work / "sandkasten", concs, args.runs,
-                                                 LIMITS, CMD)
-                results["sandkasten"].update(sk.results)
-                notes += sk.notes
+                results["crun"]["exec"] = await cr.exec_rtt(max(args.runs, 100))
+            if sk:
+                results["sandkasten"]["pooled"] = await sk.pooled(args.runs)
         finally:
             cr.cleanup()
+            if sk:
+                sk.close()
+                notes += sk.notes
     tbl = table(results, concs, args.runs)
+    notes = [f"Target: {t}" for t in targets(results, concs)] + notes
     print("\n" + "\n".join(f"{k}: {v}" for k, v in facts.items()) + "\n")
     print(tbl)
     for n in notes:

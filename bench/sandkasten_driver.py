@@ -3,97 +3,130 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from bench.procs import pss_kib, tree
 
 Ms = list[float]
+CGROUP_PARENT = "sk-bench"
 
 
-@dataclass
-class Outcome:
-    results: dict[str, object] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+def p50(xs: Ms) -> float:
+    return sorted(xs)[len(xs) // 2]
 
 
-async def run(rootfs: Path, data_dir: Path, concs: list[int], runs: int,
-              limits: dict[str, float], cmd: list[str]) -> Outcome:
-    out = Outcome()
-    try:
-        from sandkasten.runtime.linux import LinuxRuntime  # type: ignore[attr-defined]
-    except ImportError as e:
-        out.notes.append(f"sandkasten: LinuxRuntime is not available in this tree ({e})")
-        return out
-    from bench.bench_sandbox import pss_kib, tree
-    from sandkasten.runtime.base import SessionSpec
-    from sandkasten.runtime.pool import SandboxPool
+def session_pids(sb: Any) -> list[int]:
+    """Every process of the session: its cgroup's, else PID 1 and its descendants."""
+    cg = getattr(sb, "_cgroup", None)
+    pids: list[int] = cg.procs() if cg is not None else []
+    return pids or tree(sb.pid)
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    runtime = LinuxRuntime(data_dir, store=None)
-    command = " ".join(c if c.isidentifier() or c.startswith("-") else f"'{c}'" for c in cmd)
-    n = 0
 
-    def spec() -> SessionSpec:
-        nonlocal n
-        n += 1
-        return SessionSpec(id=f"bench-{n}", image="bench", layer_paths=[rootfs],
-                           cpu_limit=limits["cpu"], mem_limit_mb=int(limits["memory_mb"]),
-                           pids_limit=int(limits["pids"]))
+class Sandkasten:
+    name = "sandkasten"
 
-    async def cold_one() -> float:
-        t0 = time.perf_counter()
-        sb = await runtime.create(spec())
-        res = await sb.exec(command)
-        ms = (time.perf_counter() - t0) * 1000
-        await sb.destroy()
-        if res.exit_code != 0 or res.output.strip() != "4":
-            raise RuntimeError(f"sandkasten exec failed: {res}")
-        return ms
+    def __init__(self, rootfs: Path, data_dir: Path, limits: dict[str, float],
+                 cmd: list[str]) -> None:
+        from sandkasten.runtime.linux import LinuxRuntime  # ImportError: not in this tree
 
-    for c in concs:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.rootfs = rootfs
+        self.limits = limits
+        self.runtime = LinuxRuntime(data_dir, store=None, cgroup_parent=CGROUP_PARENT)
+        self.runtime.start()
+        self.command = " ".join(c if c.isidentifier() or c.startswith("-") else f"'{c}'"
+                                for c in cmd)
+        self.counter = iter(range(1, 1 << 30))
+        self.notes: list[str] = []
+
+    def spec(self) -> Any:
+        from sandkasten.runtime.base import SessionSpec
+
+        return SessionSpec(id=f"bench-{next(self.counter)}", image="bench",
+                           layer_paths=[self.rootfs], cpu_limit=self.limits["cpu"],
+                           mem_limit_mb=int(self.limits["memory_mb"]),
+                           pids_limit=int(self.limits["pids"]))
+
+    async def cold(self, runs: int, conc: int) -> Ms:
+        create_ms: Ms = []
+        exec_ms: Ms = []
+
+        async def one() -> float:
+            t0 = time.perf_counter()
+            sb = await self.runtime.create(self.spec())
+            t1 = time.perf_counter()
+            res = await sb.exec(self.command)
+            t2 = time.perf_counter()
+            await sb.destroy()
+            if res.exit_code != 0 or res.output.strip() != "4":
+                raise RuntimeError(f"sandkasten exec failed: {res}")
+            create_ms.append((t1 - t0) * 1000)
+            exec_ms.append((t2 - t1) * 1000)
+            return (t2 - t0) * 1000
+
         samples: Ms = []
-        while len(samples) < max(runs, c):
-            samples += await asyncio.gather(*(cold_one() for _ in range(c)))
-        out.results[f"cold{c}"] = samples
+        while len(samples) < runs:
+            samples += await asyncio.gather(*(one() for _ in range(conc)))
+        if runs > 3:
+            self.notes.append(f"sandkasten cold, {conc} at a time: create p50 "
+                              f"{p50(create_ms):.1f} ms + first exec p50 {p50(exec_ms):.1f} ms")
+        return samples
 
-        sandboxes = await asyncio.gather(*(runtime.create(spec()) for _ in range(c)))
+    async def idle_and_exec(self, n: int, exec_runs: int) -> tuple[float, Ms]:
+        """(PSS KiB per idle session with ``n`` alive, echo round trips on one of them)."""
+        sandboxes = await asyncio.gather(*(self.runtime.create(self.spec()) for _ in range(n)))
         try:
             await asyncio.gather(*(sb.exec("true") for sb in sandboxes))
             await asyncio.sleep(0.5)
-            out.results[f"idle{c}"] = sum(pss_kib(tree(sb.pid)) for sb in sandboxes) / c
-            if c == concs[0]:
-                sb = sandboxes[0]
-                rtt: Ms = []
-                for _ in range(max(runs, 100)):
-                    t0 = time.perf_counter()
-                    r = await sb.exec("echo 4")
-                    rtt.append((time.perf_counter() - t0) * 1000)
-                    assert r.output.strip() == "4", r
-                out.results["exec"] = rtt
+            pss = sum(pss_kib(session_pids(sb)) for sb in sandboxes) / n
+            rtt: Ms = []
+            for _ in range(exec_runs):
+                t0 = time.perf_counter()
+                r = await sandboxes[0].exec("echo 4")
+                rtt.append((time.perf_counter() - t0) * 1000)
+                if r.output.strip() != "4":
+                    raise RuntimeError(f"echo returned {r}")
+            return pss, rtt
         finally:
             await asyncio.gather(*(sb.destroy() for sb in sandboxes))
 
-    pool = SandboxPool(runtime, max_concurrent_creates=2)
-    template = spec()
-    key = pool.configure(template, "sha256:bench", size=min(runs, 20))
-    acquired = []
-    try:
-        pooled: Ms = []
-        while len(pooled) < runs:
-            deadline = time.monotonic() + 60
-            while pool.stats()[key].ready < pool.stats()[key].target:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"pool does not fill: {pool.stats()[key]}")
-                await asyncio.sleep(0.05)
-            for _ in range(pool.stats()[key].ready):
-                t0 = time.perf_counter()
-                sb = await pool.acquire(key)
-                pooled.append((time.perf_counter() - t0) * 1000)
-                if sb is not None:
+    async def pooled(self, runs: int) -> Ms:
+        """Acquire latency from a filled pool (refills between rounds are not timed)."""
+        from sandkasten.runtime.pool import SandboxPool
+
+        pool = SandboxPool(self.runtime, max_concurrent_creates=2)
+        key = pool.configure(self.spec(), "sha256:bench", size=min(runs, 20))
+        acquired = []
+        samples: Ms = []
+        try:
+            while len(samples) < runs:
+                deadline = time.monotonic() + 60
+                while pool.stats()[key].ready < pool.stats()[key].target:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"pool does not fill: {pool.stats()[key]}")
+                    await asyncio.sleep(0.05)
+                for _ in range(pool.stats()[key].ready):
+                    t0 = time.perf_counter()
+                    sb = await pool.acquire(key)
+                    samples.append((time.perf_counter() - t0) * 1000)
+                    if sb is None:
+                        raise RuntimeError("a filled pool returned nothing")
                     acquired.append(sb)
-        out.results["pooled"] = pooled
-    finally:
-        await pool.close()
-        await asyncio.gather(*(sb.destroy() for sb in acquired))
-    out.notes.append("sandkasten idle PSS counts the sandbox's PID 1 (runner) and its shell.")
-    return out
+        finally:
+            await pool.close()
+            await asyncio.gather(*(sb.destroy() for sb in acquired))
+        return samples
+
+    def close(self) -> None:
+        self.runtime.close()
+        mgr = self.runtime.cgroups
+        dirs = list(getattr(mgr, "parents", {}).values()) or [getattr(mgr, "path", None)]
+        for d in {os.path.realpath(d) for d in dirs if d is not None}:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        self.notes.append("sandkasten idle PSS sums every process in the session's cgroup "
+                          "(the runner as PID 1 and its shell).")

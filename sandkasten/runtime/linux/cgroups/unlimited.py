@@ -3,8 +3,6 @@ set: it limits nothing, but still tracks and kills the processes it is given."""
 
 from __future__ import annotations
 
-import os
-
 from .base import Cgroup, CgroupLimits, CgroupManager, CgroupStats, check_name, sigkill, wait_until
 
 
@@ -50,7 +48,6 @@ class UnlimitedManager(CgroupManager):
 
     def __init__(self) -> None:
         self._groups: dict[str, UnlimitedCgroup] = {}
-        self.pid = os.getpid()
 
     def create(self, name: str, limits: CgroupLimits) -> Cgroup:
         return self._groups.setdefault(check_name(name), UnlimitedCgroup(name))

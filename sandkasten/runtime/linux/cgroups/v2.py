@@ -82,7 +82,8 @@ class V2Cgroup(Cgroup):
             memory_bytes=fs.read_int(p / "memory.current"),
             memory_limit=None if limit < 0 else limit,
             cpu_usage_usec=cpu.get("usage_usec", 0),
-            pids=fs.read_int(p / "pids.current", len(self.procs())),
+            pids=fs.read_int(p / "pids.current", -1) if fs.exists(p / "pids.current")
+            else len(self.procs()),
             oom_kills=fs.read_keyed(p / "memory.events").get("oom_kill", 0),
             nr_throttled=cpu.get("nr_throttled", 0),
             throttled_usec=cpu.get("throttled_usec", 0),
@@ -113,15 +114,15 @@ class V2Cgroup(Cgroup):
             self.fs.write(freeze, "1")
             wait_until(lambda: self.fs.read_keyed(self.path / "cgroup.events").get("frozen") == 1,
                        timeout)
-        for _ in range(100):
-            pids = self.procs()
-            if not pids:
-                break
-            sigkill(pids)
-            if self.fs.exists(freeze):
-                break
         if self.fs.exists(freeze):
+            sigkill(self.procs())
             self.fs.write(freeze, "0")
+        else:  # Linux < 5.2: kill until empty; the pids limit bounds the forks racing us
+            wait_until(self._kill_pass, timeout)
+
+    def _kill_pass(self) -> bool:
+        sigkill(self.procs())
+        return not self.procs()
 
     def remove(self, timeout: float = 5.0) -> None:
         if not self.fs.exists(self.path):
