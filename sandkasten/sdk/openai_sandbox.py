@@ -95,7 +95,7 @@ def _filter_tar(data: bytes, skip: set[Path]) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
         for m in src.getmembers():
-            rel = PurePosixPath(m.name.lstrip("./") or ".")
+            rel = PurePosixPath(m.name.removeprefix("./").lstrip("/") or ".")
             if any(rel == p or p in rel.parents for p in prefixes):
                 continue
             dst.addfile(m, src.extractfile(m) if m.isfile() else None)

@@ -159,3 +159,26 @@ def test_models_keep_unknown_fields() -> None:
     r = ExecResult.from_json({"exit_code": 0, "cwd": "/w", "output": "4\n", "truncated": False,
                               "duration_ms": 3})
     assert r.ok and r.output == "4\n"
+
+
+def test_stream_result_gets_the_chunks_and_uploads_their_paths() -> None:
+    done = ExecResult.from_json({"exit_code": 0, "cwd": "/w", "duration_ms": 1})
+    assert P.with_output(done, ["a\n", "b\n"]).output == "a\nb\n"
+    assert P.with_output(done, []).output == ""
+    assert P.uploaded_paths({"ok": True, "files": [{"path": "/workspace/a", "bytes": 1},
+                                                   {"path": "/workspace/b", "bytes": 2}]}) \
+        == ["/workspace/a", "/workspace/b"]
+
+
+def test_pull_events() -> None:
+    from sandkasten.sdk import ImageInfo
+
+    assert P.pull_event("progress", '{"layer":"sha256:aa","status":"done"}') == \
+        {"layer": "sha256:aa", "status": "done"}
+    img = P.pull_event("done", json.dumps({"name": "py", "digest": "sha256:bb", "layers": 2,
+                                           "pulled_at": "2026-01-01T00:00:00Z"}))
+    assert isinstance(img, ImageInfo) and img.layers == 2 and img.pulled_at is not None
+    with pytest.raises(NotFoundError):
+        P.pull_event("error", '{"error":"manifest unknown","code":"manifest_unknown"}')
+    with pytest.raises(ServerError):
+        P.pull_event("error", '{"error":"connection reset","code":"pull_failed"}')
