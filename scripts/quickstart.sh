@@ -20,11 +20,13 @@ step "installing what is missing (scripts/deps.sh)"
 export PATH="$PWD/.venv/bin:$PATH"
 for cmd in sandkasten imgbuilder sandkasten-wsl; do
   link=/usr/local/bin/$cmd
-  if [[ ! -e $link || -L $link ]]; then
-    ln -sfn "$PWD/.venv/bin/$cmd" "$link"
+  if [[ ! -e $link && ! -L $link ]]; then
+    ln -s "$PWD/.venv/bin/$cmd" "$link"
+    echo "linked $link -> $PWD/.venv/bin/$cmd"
+  elif [[ $(readlink -f "$link") != "$(readlink -f ".venv/bin/$cmd")" ]]; then
+    echo "note: $link is another $cmd (left alone); this one is $PWD/.venv/bin/$cmd"
   fi
 done
-echo "sandkasten, imgbuilder and sandkasten-wsl are on PATH (/usr/local/bin)"
 
 CONFIG=${SANDKASTEN_CONFIG:-$PWD/sandkasten.yaml}
 step "sandkasten init --config $CONFIG"
