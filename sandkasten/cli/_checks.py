@@ -50,7 +50,7 @@ class Check:
     def line(self) -> str:
         tag = {"ok": " ok ", "warn": "warn", "fail": "FAIL", "info": "info"}[self.status]
         text = f"[{tag}] {self.name:<14} {self.detail}"
-        return f"{text}\n       fix: {self.fix}" if self.fix and self.status != "ok" else text
+        return f"{text} -> fix: {self.fix}" if self.fix and self.status != "ok" else text
 
 
 # ---- mountinfo and cgroups (pure) -------------------------------------------------------

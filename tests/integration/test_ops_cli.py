@@ -82,6 +82,7 @@ def test_doctor_one_line_per_check(tmp_path: Path) -> None:
     cfg.write_text(f'listen: "127.0.0.1:1"\ndata_dir: "{data}"\n')
     data.mkdir()
     res = sk("doctor", "--config", str(cfg))
+    assert len(res.stdout.splitlines()) == 1 + 8  # a header, then one line per check
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
     names = [ln[7:21].strip() for ln in lines]
     assert names == ["kernel", "cgroups", "overlayfs", "data dir fs", "overlay mount", "wsl",
