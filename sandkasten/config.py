@@ -122,7 +122,7 @@ class Config(BaseSettings):
     pool: PoolSettings = Field(default_factory=PoolSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     insecure_registries: list[str] = Field(default_factory=list)
-    registry_mirrors: dict[str, list[str]] = Field(default_factory=dict)
+    registry_mirrors: list[str] = Field(default_factory=list)
     keep_sessions_on_shutdown: bool = False
     allow_unlimited: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -244,6 +244,7 @@ def _split_list(raw: str) -> str:
 _LIST_VARS = (
     "SANDKASTEN_ALLOWED_IMAGES",
     "SANDKASTEN_INSECURE_REGISTRIES",
+    "SANDKASTEN_REGISTRY_MIRRORS",
     "SANDKASTEN_DEFAULTS__SHELL_PREFER",
 )
 

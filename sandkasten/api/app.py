@@ -65,7 +65,15 @@ def create_app(
     if runtime is None:
         runtime = make_runtime(config)
     if images is None:
-        images = StoreImages(config.data_dir)
+        from registry.transport import RegistryConfig
+
+        images = StoreImages(
+            config.data_dir,
+            registry_settings=RegistryConfig(
+                insecure_registries=list(config.insecure_registries),
+                registry_mirrors=list(config.registry_mirrors),
+            ),
+        )
     db = StateDB(config.database_path)
     if pool is None and config.pool.enabled:
         from sandkasten.session.pool import make_pool

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sandkasten.errors import SandkastenError
 
@@ -73,8 +74,11 @@ def _request_id(request: Request) -> str:
 
 
 def internal_body(request_id: str) -> dict[str, str]:
-    return {"error": f"internal error (request id {request_id})", "code": "internal",
-            "request_id": request_id}
+    return {
+        "error": f"internal error (request id {request_id})",
+        "code": "internal",
+        "request_id": request_id,
+    }
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -105,6 +109,16 @@ _OS_STATUS = {
 }
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette reports only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(SandkastenError)
     async def _sandkasten(request: Request, exc: SandkastenError) -> JSONResponse:
@@ -124,9 +138,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(
-            exc.status_code, str(exc.detail), code, headers=getattr(exc, "headers", None)
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(exc.status_code, str(exc.detail), code, headers=headers or None)
 
     @app.exception_handler(OSError)
     async def _os(request: Request, exc: OSError) -> JSONResponse:

@@ -83,8 +83,12 @@ class JsonBodyMiddleware:
         except Exception:
             # A real fault: logged with its traceback and request id; the client gets the id,
             # never the traceback.
-            log.exception("internal error request_id=%s %s %s", request_id,
-                          scope.get("method"), scope.get("path"))
+            log.exception(
+                "internal error request_id=%s %s %s",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+            )
             if started:
                 return  # the response is under way: the connection just ends
             await _send_json(send, 500, internal_body(request_id), request_id)

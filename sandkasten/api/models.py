@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: image and workspace names: they become file names on the host
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: a file path: no NUL byte, no component over 255 bytes (the kernel's NAME_MAX)
+PATH_PATTERN = r"^/*(?:[^/\x00]{1,255}/+)*[^/\x00]{0,255}$"
+
 
 class _Req(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -13,18 +18,15 @@ class _Req(BaseModel):
 
 class CreateSession(_Req):
     image: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=255,
-        description="image name; default: the config's default_image",
+        default=None, pattern=NAME_PATTERN, description="image name; default: default_image"
     )
     ttl_seconds: int | None = Field(
         default=None, gt=0, le=30 * 24 * 3600, description="lifetime; default: session_ttl_seconds"
     )
     workspace_id: str | None = Field(
-        default=None, description="persistent workspace mounted at /workspace"
+        default=None, pattern=NAME_PATTERN, description="persistent workspace at /workspace"
     )
-    cpu_limit: float | None = Field(default=None, gt=0, le=1024)
+    cpu_limit: float | None = Field(default=None, ge=0.01, le=1024)
     mem_limit_mb: int | None = Field(default=None, ge=16, le=1 << 22)
     pids_limit: int | None = Field(default=None, ge=8, le=1 << 22)
     network_mode: Literal["none"] | None = None
@@ -84,9 +86,21 @@ class SplitExecOut(BaseModel):
 
 
 class WriteFile(_Req):
-    path: str = Field(min_length=1, max_length=4096)
+    """``text`` (UTF-8) or ``content_base64``, not both; neither writes an empty file."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "required": ["text", "content_base64"],
+                "properties": {"text": {"type": "string"}, "content_base64": {"type": "string"}},
+            }
+        },
+    )
+
+    path: str = Field(min_length=1, max_length=4096, pattern=PATH_PATTERN)
     text: str | None = None
-    content_base64: str | None = None
+    content_base64: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]*={0,2}$")
     mode: int | None = Field(
         default=None, ge=0, le=0o777, description="permission bits, default 0644"
     )
@@ -166,9 +180,25 @@ class ImageList(BaseModel):
 
 class PullRequest(_Req):
     ref: str = Field(min_length=1, max_length=1024, examples=["python:3.12-slim"])
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
     platform: str | None = Field(default=None, examples=["linux/amd64"])
 
 
 class Health(BaseModel):
     status: str = "ok"
+
+
+def sse_schema(events: list[str]) -> dict[str, object]:
+    """The OpenAPI schema of one Server-Sent Event as clients parse it."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "description": "a JSON object",
+            },
+        },
+    }

@@ -39,11 +39,19 @@ class SessionPool:
     def template(self, image: ImageInfo) -> SessionSpec:
         d = self.config.defaults
         return SessionSpec(
-            id="pool-template", image=image.name, layer_paths=image.layer_paths,
-            image_env=image.env, image_workdir=image.workdir, cpu_limit=d.cpu_limit,
-            mem_limit_mb=d.mem_limit_mb, pids_limit=d.pids_limit, network_mode="none",
-            exec_mode=d.exec_mode, shell_prefer=list(d.shell_prefer),
-            readonly_rootfs=d.readonly_rootfs, workspace_dir=None,
+            id="pool-template",
+            image=image.name,
+            layer_paths=image.layer_paths,
+            image_env=image.env,
+            image_workdir=image.workdir,
+            cpu_limit=d.cpu_limit,
+            mem_limit_mb=d.mem_limit_mb,
+            pids_limit=d.pids_limit,
+            network_mode="none",
+            exec_mode=d.exec_mode,
+            shell_prefer=list(d.shell_prefer),
+            readonly_rootfs=d.readonly_rootfs,
+            workspace_dir=None,
             seccomp=self.config.security.seccomp,
         )
 
@@ -52,8 +60,9 @@ class SessionPool:
         if old is not None and old.digest == image.manifest_digest:
             return old
         if old is not None:  # the name now points at another image: drain the stale key
-            log.info("pool: image %s changed digest=%s, refilling", image.name,
-                     image.manifest_digest)
+            log.info(
+                "pool: image %s changed digest=%s, refilling", image.name, image.manifest_digest
+            )
             self.pool.configure(old.template, old.digest, 0)
         template = self.template(image)
         key = self.pool.configure(template, image.manifest_digest, self.sizes[image.name])

@@ -20,12 +20,12 @@ WORKSPACE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def validate_workspace_id(workspace_id: str) -> str:
     """Return ``workspace_id`` if it is a safe directory name, else raise ValidationError."""
-    if not WORKSPACE_ID_RE.fullmatch(workspace_id) or ".." in workspace_id:
+    if not WORKSPACE_ID_RE.fullmatch(workspace_id):
         raise with_code(
             ValidationError(
                 f"invalid workspace id {workspace_id!r}",
-                hint="1-128 characters: letters, digits, '_', '-', '.', starting with a letter "
-                "or digit, no '..'",
+                hint="1-128 characters: letters, digits, '_', '-', '.', starting with a "
+                "letter or digit",
             ),
             "invalid_workspace_id",
         )

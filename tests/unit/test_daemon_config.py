@@ -76,8 +76,8 @@ def test_defaults_without_file() -> None:
         ({"SANDKASTEN_DB_PATH": "/x/state.db"}, lambda c: c.database_path == Path("/x/state.db")),
         ({"SANDKASTEN_SESSION_TTL_SECONDS": "60"}, lambda c: c.session_ttl_seconds == 60),
         (
-            {"SANDKASTEN_REGISTRY_MIRRORS": '{"docker.io": ["http://m:5000"]}'},
-            lambda c: c.registry_mirrors == {"docker.io": ["http://m:5000"]},
+            {"SANDKASTEN_REGISTRY_MIRRORS": "mirror.local:5000,https://m2"},
+            lambda c: c.registry_mirrors == ["mirror.local:5000", "https://m2"],
         ),
         ({"SANDKASTEN_URL": "http://elsewhere"}, lambda c: c.api_key == "sk-sandbox-test"),
     ],

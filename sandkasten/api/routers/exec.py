@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from sandkasten.api.deps import Manager, require_api_key
 from sandkasten.api.errors import NOT_FOUND, Responses, responses
-from sandkasten.api.models import ExecOut, ExecRequest, SplitExecOut
+from sandkasten.api.models import ExecOut, ExecRequest, SplitExecOut, sse_schema
 from sandkasten.errors import SandkastenError, ValidationError, with_code
 from sandkasten.runtime.base import ExecChunk, ExecResult
 from sandkasten.session.manager import SessionManager
@@ -78,7 +78,7 @@ SSE_DOC: Responses = {
     200: {
         "description": "Server-Sent Events: `chunk` {chunk, timestamp}, then `done` "
         "{exit_code, cwd, duration_ms, truncated} or `error` {error, code}",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": sse_schema(["chunk", "done", "error"])}},
     }
 }
 

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from sandkasten.api.deps import Manager, require_api_key
 from sandkasten.api.errors import NOT_FOUND, TOO_LARGE, responses
 from sandkasten.api.models import (
+    PATH_PATTERN,
     Entry,
     ListOut,
     ReadOut,
@@ -50,9 +51,9 @@ TAR_DOC: dict[int | str, dict[str, Any]] = {
 
 def decode_content(body: WriteFile) -> bytes:
     """The bytes of a write request: exactly one of ``text`` or ``content_base64``."""
-    if (body.text is None) == (body.content_base64 is None):
+    if body.text is not None and body.content_base64 is not None:
         raise with_code(
-            ValidationError("give exactly one of 'text' or 'content_base64'"), "invalid_request"
+            ValidationError("give 'text' or 'content_base64', not both"), "invalid_request"
         )
     if body.text is not None:
         return body.text.encode("utf-8", "surrogateescape")
@@ -69,8 +70,9 @@ async def _fs(call: Awaitable[T]) -> T:
     try:
         return await call
     except FileNotFoundError as e:
-        raise with_code(NotFoundError(f"no such file or directory: {e.filename or ''}"),
-                        "file_not_found") from None
+        raise with_code(
+            NotFoundError(f"no such file or directory: {e.filename or ''}"), "file_not_found"
+        ) from None
     except SandkastenError as e:
         if e.status == 404:
             raise with_code(NotFoundError(e.message, hint=e.hint), "file_not_found") from None
@@ -106,7 +108,7 @@ async def write_file(m: Manager, session_id: str, body: WriteFile) -> WriteOut:
 async def read_file(
     m: Manager,
     session_id: str,
-    path: str = Query(min_length=1, max_length=4096),
+    path: str = Query(min_length=1, max_length=4096, pattern=PATH_PATTERN),
     max_bytes: int | None = Query(None, gt=0, le=MAX_READ_BYTES),
 ) -> ReadOut:
     sandbox = m.sandbox(session_id)
@@ -123,7 +125,9 @@ async def read_file(
     responses=responses(NOT_FOUND),
 )
 async def list_dir(
-    m: Manager, session_id: str, path: str = Query("/workspace", min_length=1, max_length=4096)
+    m: Manager,
+    session_id: str,
+    path: str = Query("/workspace", min_length=1, max_length=4096, pattern=PATH_PATTERN),
 ) -> ListOut:
     entries = await _fs(m.sandbox(session_id).list_dir(_check_path(path)))
     return ListOut(
@@ -137,10 +141,6 @@ async def list_dir(
 
 def upload_parts(file: list[UploadFile] | None, files: list[UploadFile] | None) -> list[UploadFile]:
     parts = [*(file or []), *(files or [])]
-    if not parts:
-        raise with_code(
-            ValidationError("no file in the form: send 'file' or 'files' fields"), "invalid_request"
-        )
     for p in parts:
         name = posixpath.basename((p.filename or "").replace("\\", "/"))
         if name in ("", ".", ".."):
@@ -163,9 +163,9 @@ def part_name(p: UploadFile) -> str:
 async def upload(
     m: Manager,
     session_id: str,
-    file: Annotated[list[UploadFile] | None, File()] = None,
-    files: Annotated[list[UploadFile] | None, File()] = None,
-    path: str = Form("/workspace", max_length=4096),
+    file: Annotated[list[UploadFile], File(default_factory=list)],
+    files: Annotated[list[UploadFile], File(default_factory=list)],
+    path: str = Form("/workspace", min_length=1, max_length=4096, pattern=PATH_PATTERN),
 ) -> UploadOut:
     sandbox = m.sandbox(session_id)
     out = []
@@ -195,7 +195,9 @@ def sandbox_root(sandbox: object) -> Path:
     responses={**TAR_DOC, **responses(NOT_FOUND)},
 )
 async def archive(
-    m: Manager, session_id: str, path: str = Query("/workspace", min_length=1, max_length=4096)
+    m: Manager,
+    session_id: str,
+    path: str = Query("/workspace", min_length=1, max_length=4096, pattern=PATH_PATTERN),
 ) -> StreamingResponse:
     sandbox = m.sandbox(session_id)
     stream = hostfs.iter_tar(sandbox_root(sandbox), _check_path(path))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from sandkasten.api.deps import Manager, require_api_key
 from sandkasten.api.errors import CONFLICT, NOT_FOUND, Responses, responses
-from sandkasten.api.models import ImageList, ImageOut, Ok, PullRequest
+from sandkasten.api.models import NAME_PATTERN, ImageList, ImageOut, Ok, PullRequest, sse_schema
 from sandkasten.api.routers.exec import sse
 from sandkasten.errors import ConflictError, SandkastenError, with_code
 
@@ -22,7 +23,7 @@ PULL_DOC: Responses = {
     200: {
         "description": "Server-Sent Events: `progress` per layer, then `done` "
         "(the image, as in GET /v1/images) or `error` {error, code}",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": sse_schema(["progress", "done", "error"])}},
     }
 }
 
@@ -94,7 +95,9 @@ async def pull(m: Manager, body: PullRequest) -> StreamingResponse:
     summary="Delete an image (its layers stay until prune)",
     responses=responses(NOT_FOUND, CONFLICT),
 )
-async def delete_image(m: Manager, name: str) -> Ok:
+async def delete_image(
+    m: Manager, name: Annotated[str, PathParam(pattern=NAME_PATTERN, description="image name")]
+) -> Ok:
     users = [r.id for r in m.list_sessions() if r.image == name]
     if users:
         raise with_code(

@@ -11,11 +11,14 @@ from typing import IO, Annotated
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from sandkasten.api.deps import Manager, require_api_key
 from sandkasten.api.errors import CONFLICT, NOT_FOUND, POLICY, TOO_LARGE, responses
 from sandkasten.api.models import (
+    NAME_PATTERN,
+    PATH_PATTERN,
     ImportOut,
     Ok,
     UploadedFile,
@@ -29,6 +32,8 @@ from sandkasten.api.routers.files import TAR_DOC, decode_content, part_name, upl
 from sandkasten.errors import ConflictError, UnprocessableError, ValidationError, with_code
 from sandkasten.session import hostfs
 from sandkasten.session.manager import SessionManager, iso
+
+WorkspaceId = Annotated[str, PathParam(pattern=NAME_PATTERN, description="workspace id")]
 
 router = APIRouter(
     prefix="/v1/workspaces", tags=["workspaces"], dependencies=[Depends(require_api_key)]
@@ -82,7 +87,7 @@ async def list_workspaces(m: Manager) -> WorkspaceList:
     summary="Delete a workspace and its files",
     responses=responses(NOT_FOUND, CONFLICT),
 )
-async def delete_workspace(m: Manager, workspace_id: str) -> Ok:
+async def delete_workspace(m: Manager, workspace_id: WorkspaceId) -> Ok:
     users = m.workspace_in_use(workspace_id)
     if users:
         raise with_code(
@@ -110,7 +115,7 @@ def _write(root: Path, path: str, data: bytes | IO[bytes], mode: int) -> int:
     summary="Write a file into a workspace (created if new)",
     responses=responses(TOO_LARGE, POLICY),
 )
-async def write_file(m: Manager, workspace_id: str, body: WriteFile) -> WriteOut:
+async def write_file(m: Manager, workspace_id: WorkspaceId, body: WriteFile) -> WriteOut:
     _enabled(m)
     rel = in_workspace(body.path)
     hostfs.clean_relpath(rel)
@@ -128,10 +133,10 @@ async def write_file(m: Manager, workspace_id: str, body: WriteFile) -> WriteOut
 )
 async def upload(
     m: Manager,
-    workspace_id: str,
-    file: Annotated[list[UploadFile] | None, File()] = None,
-    files: Annotated[list[UploadFile] | None, File()] = None,
-    path: str = Form("/workspace", max_length=4096),
+    workspace_id: WorkspaceId,
+    file: Annotated[list[UploadFile], File(default_factory=list)],
+    files: Annotated[list[UploadFile], File(default_factory=list)],
+    path: str = Form("/workspace", min_length=1, max_length=4096, pattern=PATH_PATTERN),
 ) -> UploadOut:
     _enabled(m)
     base = in_workspace(path)
@@ -153,7 +158,7 @@ async def upload(
     summary="Export a workspace as a tar stream",
     responses={**TAR_DOC, **responses(NOT_FOUND)},
 )
-async def export_archive(m: Manager, workspace_id: str) -> StreamingResponse:
+async def export_archive(m: Manager, workspace_id: WorkspaceId) -> StreamingResponse:
     root = m.workspaces.existing(workspace_id)
     return StreamingResponse(
         hostfs.iter_tar(root, "/"),
@@ -200,7 +205,7 @@ class _BodyReader(io.RawIOBase):
     },
     responses=responses(POLICY),
 )
-async def import_archive(m: Manager, workspace_id: str, request: Request) -> ImportOut:
+async def import_archive(m: Manager, workspace_id: WorkspaceId, request: Request) -> ImportOut:
     _enabled(m)
     root = await anyio.to_thread.run_sync(m.workspaces.ensure, workspace_id)
     reader = io.BufferedReader(_BodyReader(request.stream()), hostfs.CHUNK)
