@@ -191,10 +191,12 @@ def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
         os.kill(os.getpid(), 15)  # handled by serve_signals: forward and exit
 
     runner = Runner(cfg, reaper, on_shutdown=shutdown)
-    runner.prestart()
-    threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
+    # Ready first: the listener already queues connections, and the creator's round trip
+    # then overlaps the shell's start (the first exec waits for the shell, not for us).
     if ready is not None:
         ready()
+    threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
+    runner.prestart()
     # on exit PID 1 only marks itself closed: serve_signals kills and reaps everything, and
     # waiting for the shell here would wait on the very thread that reaps
     serve_signals(reaper, lambda: setattr(runner, "_closed", True))

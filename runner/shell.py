@@ -36,6 +36,7 @@ import re
 import secrets
 import select
 import signal
+import stat
 import sys
 import termios
 import threading
@@ -44,12 +45,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner import protocol as p
+from runner.exports import END_LINE, parse_exports
 from runner.init import ChildSpec, Reaper, fork_exec
 from runner.output import Capped, StreamCleaner, clean
 
 STAGE_THRESHOLD = 16 * 1024
 KILL_GRACE = 0.5  # seconds between SIGINT and SIGKILL of a timed-out command
 SYNC_TIMEOUT = 3.0
+EXPORTS_MAX = 4 << 20  # a larger exports dump is not trusted (the environment has limits too)
+_INIT = "unset HISTFILE 2>/dev/null; set +o history 2>/dev/null\n"
 
 
 @dataclass
@@ -91,11 +95,17 @@ class Shell:
         self._master = -1
         self._stdin = -1
         self.cwd = cfg.workdir
+        self._pending: str | None = None  # nonce of a marker written but not yet read
+        # The state after the last completed exec, for split execs: cwd and the path of the
+        # shell's exports dump (None: not yet dumped, the environment is still cfg.env).
+        self._state_lock = threading.Lock()
+        self._exports: str | None = None
         self._start()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._forget_state()
         master, slave = os.openpty()
         r, w = os.pipe()
         devnull = os.open("/dev/null", os.O_RDWR)
@@ -103,9 +113,8 @@ class Shell:
             os.fchown(slave, self.cfg.uid, self.cfg.gid)
             os.fchown(r, self.cfg.uid, self.cfg.gid)  # the shell reopens it as /proc/self/fd/3
             os.set_blocking(master, False)
-            env = dict(self.cfg.env)
+            env = self._start_env()
             env.update(PS1="", PS2="", PS4="+ ")
-            env.setdefault("TERM", "xterm")
             if self.is_bash:
                 # bash reads a pipe on stdin one byte at a time and never loses input
                 argv = [self.path, "--norc", "--noprofile", "--noediting", "-i"]
@@ -126,11 +135,28 @@ class Shell:
             os.close(r)
             os.close(devnull)
         self._master, self._stdin = master, w
-        # Silence history and greetings; everything before the first marker is discarded.
-        self._write("unset HISTFILE 2>/dev/null; set +o history 2>/dev/null\n")
-        self._sync()
+        # Silence history and job notices; everything before the first marker is discarded.
+        # The marker is read by the first exec (``_ready``), not here: the shell starts up
+        # while its creator is told the sandbox is ready.
+        self._write(_INIT)
+        self._pending = self._send_marker()
+
+    def _ready(self) -> None:
+        """Read up to the start-up marker if that has not happened yet (holding the lock)."""
+        if self._pending is not None:
+            nonce, self._pending = self._pending, None
+            self._await_marker(nonce)
+
+    def _forget_state(self) -> None:
+        with self._state_lock:
+            old, self._exports = self._exports, None
+            self.cwd = self.cfg.workdir
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
 
     def close(self) -> None:
+        self._forget_state()
         if self.pid > 0:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -184,13 +210,38 @@ class Shell:
                 return
             time.sleep(0.00005)
 
-    def _marker_line(self, nonce: str) -> str:
-        return f"printf '\\036{nonce}:%d:%s\\037{nonce}\\n' \"$?\" \"$PWD\"\n"
+    def _exports_path(self, nonce: str) -> str:
+        return os.path.join(self.cfg.stage_dir, f".sandkasten-exports-{nonce}")
 
-    def _sync(self) -> str:
-        """Write a bare marker and read up to it; returns the cwd. Restarts a dead shell."""
+    def _marker_line(self, nonce: str) -> str:
+        # The status is expanded by the first printf, before anything else runs; the marker
+        # is complete only after the second, so the exports dump is on disk when the
+        # runner sees it (see ``exports``; errors go to the shell's stderr, /dev/null).
+        dump = self._exports_path(nonce)
+        return (f"printf '\\036{nonce}:%d:' \"$?\"; "
+                f"{{ export -p; echo '{END_LINE}'; }} >{dump} 2>/dev/null; "
+                f"printf '%s\\037{nonce}\\n' \"$PWD\"\n")
+
+    def _adopt(self, nonce: str, cwd: str) -> None:
+        """The marker of ``nonce`` arrived: its cwd and exports dump are the shell's state."""
+        with self._state_lock:
+            old, self._exports = self._exports, self._exports_path(nonce)
+            self.cwd = cwd
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
+
+    def _send_marker(self) -> str:
         nonce = secrets.token_hex(8)
         self._write(self._marker_line(nonce))
+        return nonce
+
+    def _sync(self) -> str:
+        """Write a bare marker and read up to it; returns the cwd."""
+        return self._await_marker(self._send_marker())
+
+    def _await_marker(self, nonce: str) -> str:
+        """Read up to the marker of ``nonce``; returns the cwd. RuntimeError if none comes."""
         pat = re.compile(rb"\x1e" + nonce.encode() + rb":(-?\d+):(.*?)\x1f" + nonce.encode())
         buf = b""
         deadline = time.monotonic() + SYNC_TIMEOUT
@@ -201,7 +252,7 @@ class Shell:
             buf = (buf + data)[-65536:]
             m = pat.search(buf)
             if m:
-                self.cwd = m.group(2).decode(errors="replace")
+                self._adopt(nonce, m.group(2).decode(errors="replace"))
                 return self.cwd
         raise RuntimeError("shell did not answer")
 
@@ -211,6 +262,7 @@ class Shell:
             on_chunk: Callable[[str], None] | None = None) -> p.ExecDone:
         with self.lock:
             try:
+                self._ready()
                 return self._run(req, on_chunk)
             except RuntimeError:
                 self._restart()
@@ -224,6 +276,16 @@ class Shell:
         if len(req.cmd.encode()) > STAGE_THRESHOLD:
             staged = self._stage(req.cmd, nonce)
             body = f"{{ . {_quote(staged)}\n}} </dev/null 2>&1\n"
+        elif self.is_bash:
+            # Sourced, not eval'd: bash announces a job put in the background ("[1] 42")
+            # only while it reads commands interactively, and a sourced script is read
+            # non-interactively. The script is a here-document on fd 9 (closed again
+            # before the command runs, so no child inherits it); the delimiter carries the
+            # nonce, so no line of the command can end it early.
+            text = req.cmd if req.cmd.endswith("\n") else req.cmd + "\n"
+            eof = f"SANDKASTEN_{nonce}"
+            body = (f"{{ . /proc/self/fd/9 9<<'{eof}'\nexec 9<&-; {text}{eof}\n"
+                    f"}} </dev/null 2>&1\n")
         else:
             body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null 2>&1\n"
         self._write(body)
@@ -263,7 +325,7 @@ class Shell:
                     on_chunk(text)
             if m:
                 exit_code = int(m.group(1))
-                self.cwd = m.group(2).decode(errors="replace")
+                self._adopt(nonce, m.group(2).decode(errors="replace"))
                 break
             if shell_gone:
                 exit_code = self.reaper.wait(self.pid, 1.0)
@@ -321,28 +383,48 @@ class Shell:
         return path
 
     def exported_env(self) -> tuple[str, dict[str, str]]:
-        """The shell's cwd and exported environment, read from a child it starts."""
-        nonce = secrets.token_hex(8)
-        path = os.path.join(self.cfg.stage_dir, f".sandkasten-env-{nonce}")
-        with self.lock:
-            done = self._run(p.Exec(cmd=f"cat /proc/self/environ > {_quote(path)}",
-                                    timeout_ms=5000), None)
-        env = dict(self.cfg.env)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        """The shell's cwd and exported environment as its last completed exec left them.
+
+        Never waits for a running exec: every marker comes with a dump of the shell's
+        exports (``_marker_line``), so the state after the last completed exec is on disk.
+        Only before anyone has read the start-up marker is the lock taken, and only if it
+        is free. A dump the sandbox user removed or replaced (or one a full /tmp cut short)
+        is ignored: the shell's start-up environment is used instead.
+        """
+        if self._pending is not None and self.lock.acquire(blocking=False):
             try:
-                raw = b""
-                while chunk := os.read(fd, 65536):
-                    raw += chunk
+                self._ready()
+            except RuntimeError:
+                pass  # the next exec finds the shell dead and restarts it
             finally:
-                os.close(fd)
-                os.unlink(path)
-            if done.exit_code == 0:
-                env = {}
-                for item in raw.split(b"\0"):
-                    k, sep, v = item.decode(errors="replace").partition("=")
-                    if sep and k:
-                        env[k] = v
+                self.lock.release()
+        with self._state_lock:
+            cwd, path = self.cwd, self._exports
+            env = self._read_exports(path) if path is not None else None
+        return cwd, env if env is not None else self._start_env()
+
+    def _start_env(self) -> dict[str, str]:
+        env = dict(self.cfg.env)
+        env.setdefault("TERM", "xterm")
+        return env
+
+    def _read_exports(self, path: str) -> dict[str, str] | None:
+        # The dump is the sandbox user's file in a directory the user can write: never
+        # follow a link, never block on a FIFO, accept only a regular file the user owns.
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            pass
-        return done.cwd, env
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != self.cfg.uid \
+                    or st.st_size > EXPORTS_MAX:
+                return None
+            raw = b""
+            while len(raw) <= EXPORTS_MAX and (chunk := os.read(fd, 65536)):
+                raw += chunk
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return parse_exports(raw.decode("utf-8", errors="replace"))

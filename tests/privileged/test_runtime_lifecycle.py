@@ -95,16 +95,19 @@ def test_concurrent_creates_and_requests(linux_runtime: Any, busybox_layer: Path
         try:
             assert len({sb.pid for sb in sbs}) == 4
             sb = sbs[0]
-            # a long exec on the shell does not block file requests; a split exec reads
-            # the shell's cwd and environment, so it runs after the shell is free
-            slow = asyncio.create_task(sb.exec("sleep 1; cd /tmp; echo slow"))
+            # a long exec on the shell blocks neither file requests nor split execs; a
+            # split exec runs in the state the last completed exec left
+            await sb.exec("cd /bin; export MARK=before")
+            slow = asyncio.create_task(sb.exec("sleep 1; cd /tmp; export MARK=after; echo slow"))
             await asyncio.sleep(0.1)
             t0 = asyncio.get_running_loop().time()
-            await sb.write_file("f", b"x")
-            assert await sb.read_file("f") == (b"x", False)
+            await sb.write_file("/workspace/f", b"x")
+            assert await sb.read_file("/workspace/f") == (b"x", False)
+            split = await sb.exec_split('echo "$PWD $MARK"')
             assert asyncio.get_running_loop().time() - t0 < 0.8
-            assert (await sb.exec_split("pwd")).stdout == "/tmp\n"
+            assert (split.stdout, split.cwd) == ("/bin before\n", "/bin")
             assert (await slow).output == "slow\n"
+            assert (await sb.exec_split('echo "$PWD $MARK"')).stdout == "/tmp after\n"
             outs = await asyncio.gather(*(s.exec(f"echo {i}") for i, s in enumerate(sbs)))
             assert [o.output for o in outs] == [f"{i}\n" for i in range(4)]
         finally:

@@ -36,7 +36,7 @@ from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.cgroups import Cgroup, CgroupLimits, CgroupManager, open_manager
 from sandkasten.runtime.linux.errors import SessionSetupError
 from sandkasten.runtime.linux.sandbox import LinuxSandbox
-from sandkasten.runtime.linux.wire import CreateRequest, recv_obj, send_obj
+from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
 
 __all__ = ["LinuxRuntime", "LinuxSandbox"]
 
@@ -84,7 +84,7 @@ class ForkServerClient:
             raise SessionSetupError("the sandbox fork server did not start")
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._futures: dict[int, concurrent.futures.Future[int]] = {}
+        self._futures: dict[int, concurrent.futures.Future[tuple[int, Stamps]]] = {}
         self._reader = threading.Thread(target=self._read, name="forkserver-reader",
                                         daemon=True)
         self._reader.start()
@@ -102,7 +102,7 @@ class ForkServerClient:
                     f.set_exception(SessionSetupError("the sandbox fork server exited"))
                 return
             assert isinstance(msg, tuple)
-            req_id, pid, error = msg
+            req_id, pid, error, stamps = msg
             with self._lock:
                 fut = self._futures.pop(req_id, None)
             if fut is None:
@@ -110,10 +110,11 @@ class ForkServerClient:
             if error is not None:
                 fut.set_exception(SessionSetupError(f"sandbox setup failed: {error}"))
             else:
-                fut.set_result(pid)
+                fut.set_result((pid, stamps))
 
-    def create(self, req: CreateRequest) -> concurrent.futures.Future[int]:
-        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    def create(self, req: CreateRequest) -> concurrent.futures.Future[tuple[int, Stamps]]:
+        """Ask for a sandbox; the future holds PID 1's host pid and the setup's stamps."""
+        fut: concurrent.futures.Future[tuple[int, Stamps]] = concurrent.futures.Future()
         with self._lock:
             req_id = next(self._ids)
             self._futures[req_id] = fut
@@ -197,6 +198,7 @@ class LinuxRuntime:
         except BaseException as e:
             out.set_exception(e)
             return out
+        t_request = time.perf_counter_ns()
         try:
             fut = self._fs().create(CreateRequest(spec, str(paths.root), cg))
         except BaseException as e:
@@ -205,16 +207,18 @@ class LinuxRuntime:
                               else SessionSetupError(str(e)))
             return out
 
-        def done(f: concurrent.futures.Future[int]) -> None:
+        def done(f: concurrent.futures.Future[tuple[int, Stamps]]) -> None:
             try:
-                pid = f.result()
+                pid, stamps = f.result()
                 state = {"id": spec.id, "pid": pid, "start_time": proc_start_time(pid),
                          "cgroup": cg.name if cg is not None else None,
                          "created": time.time()}
                 tmp = paths.state.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state))
                 os.replace(tmp, paths.state)
-                out.set_result(LinuxSandbox(self, spec.id, pid, str(paths.socket), cg))
+                sb = LinuxSandbox(self, spec.id, pid, str(paths.socket), cg)
+                sb.setup_stamps = [("request", t_request), *stamps]
+                out.set_result(sb)
             except BaseException as e:
                 self._teardown(spec.id, None, cg)
                 out.set_exception(e)

@@ -30,6 +30,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,10 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import caps, mounts, seccomp
+from sandkasten.runtime.linux import caps, cgjoin, mounts, seccomp
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
-from sandkasten.runtime.linux.wire import CreateRequest, recv_obj, send_obj
+from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -59,6 +60,7 @@ class _Pending:
     error: str | None = None
     ready: bool = False
     buf: bytes = field(default=b"")
+    stamps: Stamps = field(default_factory=list)
 
 
 def runner_env(spec: SessionSpec, hostname: str) -> dict[str, str]:
@@ -88,8 +90,9 @@ class _Hardening:
 
 def _pid1(ops: list[pl.Op], ctx: mounts.Context, listener: socket.socket, report: int,
           spec: SessionSpec, flt: seccomp.PreparedFilter) -> None:
+    stamps: Stamps = [("pid1", time.perf_counter_ns())]
     try:
-        mounts.execute(ops, ctx)
+        mounts.execute(ops, ctx, stamps)
         ctx.close()
         cfg = runner.server.RunnerConfig(
             env=runner_env(spec, pl.hostname_for(spec.id)), uid=pl.SANDBOX_UID,
@@ -100,7 +103,8 @@ def _pid1(ops: list[pl.Op], ctx: mounts.Context, listener: socket.socket, report
         os._exit(1)
 
     def ready() -> None:
-        _report(report, {"ready": True})
+        stamps.append(("ready", time.perf_counter_ns()))
+        _report(report, {"ready": True, "t": stamps})
         os.close(report)
 
     runner.server.serve_pid1(listener, cfg, ready)
@@ -112,8 +116,15 @@ def _report(fd: int, msg: dict[str, object]) -> None:
         os.write(fd, json.dumps(msg).encode() + b"\n")
 
 
-def _setup(req: CreateRequest, report: int, flt: seccomp.PreparedFilter) -> None:
-    """The setup process (see the module docstring). Never returns."""
+def _setup(req: CreateRequest, ops: list[pl.Op], tasks: list[str], report: int,
+           flt: seccomp.PreparedFilter) -> None:
+    """The setup process (see the module docstring). Never returns.
+
+    ``ops`` (the plan) and ``tasks`` (see ``cgjoin``) were computed by the fork server before
+    the fork: Python work after a fork copies every page whose objects it touches.
+    """
+    stamps: Stamps = [("setup", time.perf_counter_ns())]
+    gc.disable()  # a short-lived process: a collection would only copy pages
     try:
         old_wakeup = signal.set_wakeup_fd(-1)
         if old_wakeup >= 0:
@@ -125,22 +136,22 @@ def _setup(req: CreateRequest, report: int, flt: seccomp.PreparedFilter) -> None
             os.dup2(devnull, fd)
         os.close(devnull)
         paths = pl.SessionPaths(Path(req.session_dir))
-        ops = pl.plan_session(req.spec, paths, req.cgroup.name if req.cgroup else None)
         split = ops.index(pl.ForkPid1())
         ctx = mounts.Context(
-            join_cgroup=(lambda _name: req.cgroup.add_process(os.getpid()))
+            join_cgroup=(lambda _name: cgjoin.join_self(req.cgroup, tasks))
             if req.cgroup else None)
-        mounts.execute(ops[:split], ctx)
+        mounts.execute(ops[:split], ctx, stamps)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.socket)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(paths.socket))
         os.chmod(paths.socket, 0o600)
         listener.listen(128)
+        stamps.append(("listen", time.perf_counter_ns()))
         pid = os.fork()
         if pid == 0:
             _pid1(ops[split + 1:], ctx, listener, report, req.spec, flt)
-        _report(report, {"pid": pid})
+        _report(report, {"pid": pid, "t": stamps})
         os._exit(0)
     except BaseException as e:
         _report(report, {"error": str(e)})
@@ -163,9 +174,17 @@ class ForkServer:
         try:
             flt = self._filter(req.spec.seccomp)
         except Exception as e:
-            send_obj(self.control, (req_id, None, f"seccomp profile {req.spec.seccomp}: {e}"))
+            send_obj(self.control, (req_id, None, f"seccomp profile {req.spec.seccomp}: {e}", []))
+            return
+        try:
+            ops = pl.plan_session(req.spec, pl.SessionPaths(Path(req.session_dir)),
+                                  req.cgroup.name if req.cgroup else None)
+            tasks = cgjoin.v1_task_files(req.cgroup)
+        except Exception as e:
+            send_obj(self.control, (req_id, None, f"plan: {e}", []))
             return
         r, w = os.pipe2(os.O_CLOEXEC)
+        t_fork = time.perf_counter_ns()
         child = os.fork()
         if child == 0:
             os.close(r)
@@ -173,9 +192,9 @@ class ForkServer:
             self.control.close()
             for fd in self.pending:
                 os.close(fd)
-            _setup(req, w, flt)
+            _setup(req, ops, tasks, w, flt)
         os.close(w)
-        self.pending[r] = _Pending(req_id, child)
+        self.pending[r] = _Pending(req_id, child, stamps=[("forkserver", t_fork)])
 
     def on_report(self, fd: int) -> None:
         st = self.pending[fd]
@@ -188,6 +207,7 @@ class ForkServer:
                 st.pid = int(msg["pid"])
             if "ready" in msg:
                 st.ready = True
+            st.stamps += [(str(k), int(v)) for k, v in msg.get("t", ())]
             if "error" in msg and st.error is None:
                 st.error = str(msg["error"])
         if data:
@@ -197,12 +217,13 @@ class ForkServer:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(st.child, 0)
         if st.ready and st.pid and not st.error:
-            send_obj(self.control, (st.req_id, st.pid, None))
+            st.stamps.append(("reported", time.perf_counter_ns()))
+            send_obj(self.control, (st.req_id, st.pid, None, sorted(st.stamps, key=lambda s: s[1])))
             return
         if st.pid:  # PID 1 failed or died during setup: make sure it is gone
             with contextlib.suppress(ProcessLookupError):
                 os.kill(st.pid, signal.SIGKILL)
-        send_obj(self.control, (st.req_id, None, st.error or "sandbox setup ended early"))
+        send_obj(self.control, (st.req_id, None, st.error or "sandbox setup ended early", []))
 
     def reap(self) -> None:
         """Collect exited sandboxes: as a child subreaper, their PID 1s are our orphans."""

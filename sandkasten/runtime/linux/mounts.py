@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -148,7 +149,9 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         raise TypeError(f"cannot execute {op!r} here")
 
 
-def execute(ops: list[pl.Op], ctx: Context) -> None:
+def execute(ops: list[pl.Op], ctx: Context,
+            stamps: list[tuple[str, int]] | None = None) -> None:
+    """Run ``ops`` in order; with ``stamps``, append (op type, perf_counter_ns) after each."""
     for op in ops:
         try:
             run_op(op, ctx)
@@ -156,3 +159,5 @@ def execute(ops: list[pl.Op], ctx: Context) -> None:
             raise
         except Exception as e:
             raise SetupStepError(op, e) from None
+        if stamps is not None:
+            stamps.append((type(op).__name__, time.perf_counter_ns()))

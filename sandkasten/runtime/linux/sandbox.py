@@ -75,6 +75,8 @@ class LinuxSandbox:
         self._socket = socket_path
         self._cgroup = cgroup
         self.destroyed = False
+        # (step, CLOCK_MONOTONIC ns) of the create that made this sandbox; empty on attach
+        self.setup_stamps: list[tuple[str, int]] = []
 
     async def _connect(self) -> _Conn:
         if self.destroyed:

@@ -15,6 +15,10 @@ from typing import Any
 from sandkasten.runtime.base import SessionSpec
 
 _LEN = struct.Struct(">I")
+# Steps of a create and when they ended (time.perf_counter_ns, i.e. CLOCK_MONOTONIC, which
+# every process on the host shares): what bench/profile_create.py prints.
+Stamps = list[tuple[str, int]]
+
 
 @dataclass
 class CreateRequest:
