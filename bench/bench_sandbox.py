@@ -12,7 +12,8 @@ run the same command, ``python3 -c 'print(2+2)'``. Measured:
 - exec round trip: ``echo`` in a live sandbox (sandkasten ``exec``; crun ``crun exec``);
 - unique memory per idle session: PSS (``/proc/<pid>/smaps_rollup``) summed over every
   process of the session, divided by the number of sessions, with 1 and N sessions alive
-  (bwrap and crun idle sessions are a shell waiting on stdin).
+  (bwrap and crun idle sessions are a shell waiting on stdin); USS (private pages, what
+  ending the session frees) next to it.
 
 crun refuses this machine's hybrid cgroup layout as it stands, so the whole benchmark runs
 in a private mount namespace with /sys/fs/cgroup/unified unmounted (nothing changes on the
@@ -41,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sandkasten_driver
-from bench.procs import pss_kib, tree
+from bench.procs import memory_kib, tree
 from tests.support.rootfs import debian_python_tar
 
 CMD = ["python3", "-c", "print(2+2)"]
@@ -95,6 +96,11 @@ def machine_facts() -> dict[str, str]:
 
 # -- measurement helpers --------------------------------------------------------------------
 
+def per_session(mem: list[tuple[int, int]]) -> tuple[float, float]:
+    """Mean (PSS, USS) KiB per session."""
+    return sum(m[0] for m in mem) / len(mem), sum(m[1] for m in mem) / len(mem)
+
+
 def pct(xs: Ms, q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -131,11 +137,11 @@ class Bwrap:
     async def cold(self, runs: int, conc: int) -> Ms:
         return await batches(lambda: timed_proc([*self.base, *CMD]), runs, conc)
 
-    def idle(self, n: int) -> float:
+    def idle(self, n: int) -> tuple[float, float]:
         procs = [subprocess.Popen([*self.base, "sh"], stdin=subprocess.PIPE) for _ in range(n)]
         try:
             time.sleep(0.5 + n * 0.02)
-            return sum(pss_kib(tree(p.pid)) for p in procs) / n
+            return per_session([memory_kib(tree(p.pid)) for p in procs])
         finally:
             for p in procs:
                 p.kill()
@@ -188,7 +194,7 @@ class Crun:
 
         return await batches(one, runs, conc)
 
-    def idle(self, n: int) -> float:
+    def idle(self, n: int) -> tuple[float, float]:
         procs = []
         for _ in range(n):
             cid, b = self.bundle(["sh"])
@@ -196,7 +202,7 @@ class Crun:
                                           stdin=subprocess.PIPE))
         try:
             time.sleep(0.5 + n * 0.02)
-            return sum(pss_kib(tree(p.pid)) for p in procs) / n
+            return per_session([memory_kib(tree(p.pid)) for p in procs])
         finally:
             for p in procs:
                 assert p.stdin is not None
@@ -252,6 +258,8 @@ def table(results: dict[str, dict[str, object]], concs: list[int], runs: int) ->
     for c in concs:
         rows.append((f"unique memory per idle session, {c} alive (PSS)",
                      [fmt_kib(results[t].get(f"idle{c}")) for t in tools]))  # type: ignore[arg-type]
+        rows.append((f"private memory per idle session, {c} alive (USS)",
+                     [fmt_kib(results[t].get(f"uss{c}")) for t in tools]))  # type: ignore[arg-type]
     out = ["| measure | " + " | ".join(tools) + " |", "|---|" + "---|" * len(tools)]
     out += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     return "\n".join(out)
@@ -347,13 +355,14 @@ async def main() -> int:
                 if sk:
                     results["sandkasten"][f"cold{c}"] = await sk.cold(runs, c)
                 if "bwrap" in only:
-                    results["bwrap"][f"idle{c}"] = bw.idle(c)
+                    results["bwrap"][f"idle{c}"], results["bwrap"][f"uss{c}"] = bw.idle(c)
                 if "crun" in only:
-                    results["crun"][f"idle{c}"] = cr.idle(c)
+                    results["crun"][f"idle{c}"], results["crun"][f"uss{c}"] = cr.idle(c)
                 if sk:
-                    pss, rtt = await sk.idle_and_exec(c, max(args.runs, 100) if c == concs[0]
-                                                      else 0)
+                    pss, uss, rtt = await sk.idle_and_exec(
+                        c, max(args.runs, 100) if c == concs[0] else 0)
                     results["sandkasten"][f"idle{c}"] = pss
+                    results["sandkasten"][f"uss{c}"] = uss
                     if rtt:
                         results["sandkasten"]["exec"] = rtt
                 print(f"concurrency {c} done", file=sys.stderr)

@@ -1,21 +1,27 @@
-"""Process helpers for the benchmarks: process trees and proportional memory (PSS)."""
+"""Process helpers for the benchmarks: process trees, proportional (PSS) and private (USS)
+memory from /proc/<pid>/smaps_rollup."""
 
 from __future__ import annotations
 
 import os
 
 
-def pss_kib(pids: list[int]) -> int:
-    total = 0
+def memory_kib(pids: list[int]) -> tuple[int, int]:
+    """(PSS, USS) of ``pids`` together, in KiB. PSS shares each page among its users; USS
+    (Private_Clean + Private_Dirty) is what ending these processes would free."""
+    pss = uss = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
+                    key, _, rest = line.partition(":")
+                    if key == "Pss":
+                        pss += int(rest.split()[0])
+                    elif key in ("Private_Clean", "Private_Dirty"):
+                        uss += int(rest.split()[0])
         except (FileNotFoundError, ProcessLookupError):
             pass
-    return total
+    return pss, uss
 
 
 def tree(pid: int) -> list[int]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import pss_kib, tree
+from bench.procs import memory_kib, tree
 
 Ms = list[float]
 CGROUP_PARENT = "sk-bench"
@@ -76,13 +76,14 @@ class Sandkasten:
                               f"{p50(create_ms):.1f} ms + first exec p50 {p50(exec_ms):.1f} ms")
         return samples
 
-    async def idle_and_exec(self, n: int, exec_runs: int) -> tuple[float, Ms]:
-        """(PSS KiB per idle session with ``n`` alive, echo round trips on one of them)."""
+    async def idle_and_exec(self, n: int, exec_runs: int) -> tuple[float, float, Ms]:
+        """(PSS and USS KiB per idle session with ``n`` alive, echo round trips on one)."""
         sandboxes = await asyncio.gather(*(self.runtime.create(self.spec()) for _ in range(n)))
         try:
             await asyncio.gather(*(sb.exec("true") for sb in sandboxes))
             await asyncio.sleep(0.5)
-            pss = sum(pss_kib(session_pids(sb)) for sb in sandboxes) / n
+            mem = [memory_kib(session_pids(sb)) for sb in sandboxes]
+            pss, uss = sum(m[0] for m in mem) / n, sum(m[1] for m in mem) / n
             rtt: Ms = []
             for _ in range(exec_runs):
                 t0 = time.perf_counter()
@@ -90,7 +91,7 @@ class Sandkasten:
                 rtt.append((time.perf_counter() - t0) * 1000)
                 if r.output.strip() != "4":
                     raise RuntimeError(f"echo returned {r}")
-            return pss, rtt
+            return pss, uss, rtt
         finally:
             await asyncio.gather(*(sb.destroy() for sb in sandboxes))
 
@@ -128,5 +129,7 @@ class Sandkasten:
         for d in {os.path.realpath(d) for d in dirs if d is not None}:
             with contextlib.suppress(OSError):
                 os.rmdir(d)
-        self.notes.append("sandkasten idle PSS sums every process in the session's cgroup "
-                          "(the runner as PID 1 and its shell).")
+        self.notes.append("sandkasten idle memory sums every process in the session's cgroup "
+                          "(the runner as PID 1, forked from the fork server, and its shell); "
+                          "with one session alive, PSS charges it half of the pages it still "
+                          "shares with the fork server.")
