@@ -6,7 +6,8 @@
         print(result.output)   # 4
 
 Guarantees: every method either returns a typed result or raises a
-``SandkastenClientError`` subclass (never a bare httpx error); a request is retried only
+``SandkastenClientError`` subclass (never a bare httpx error; bad arguments such as an empty
+path raise ``ValueError``/``TypeError`` before anything is sent); a request is retried only
 when that cannot run anything twice (see ``_protocol.may_retry``); leaving a session's
 ``async with`` block destroys the session, and leaving the client's closes its connections.
 """
@@ -23,6 +24,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from sandkasten import __version__
 
 from . import _protocol as P
 from ._errors import NotFoundError, SandkastenConnectionError, SandkastenTimeoutError
@@ -54,7 +57,7 @@ def _client_settings(
 ) -> tuple[str, dict[str, str]]:
     url = P.normalize_base_url(base_url or os.environ.get("SANDKASTEN_URL") or DEFAULT_BASE_URL)
     key = api_key if api_key is not None else os.environ.get("SANDKASTEN_API_KEY", "")
-    hdrs = {"User-Agent": "sandkasten-python"}
+    hdrs = {"User-Agent": f"sandkasten-python/{__version__}"}
     if key:
         hdrs["Authorization"] = f"Bearer {key}"
     hdrs.update(headers or {})
