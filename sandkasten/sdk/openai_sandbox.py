@@ -127,8 +127,11 @@ class SandkastenSandboxSession(BaseSandboxSession):
                              ) -> ExecResult:
         argv = [str(c) for c in command]
         root = shlex.quote(self.state.manifest.root)
+        envs = await self.state.manifest.environment.resolve()
+        env = "env -- " + " ".join(shlex.quote(f"{k}={v}") for k, v in envs.items()) + " " \
+            if envs else ""
         # A subshell: the sandbox's persistent shell keeps its own cwd and environment.
-        cmd = f"(cd {root} 2>/dev/null; {shlex.join(argv)})"
+        cmd = f"(cd {root} 2>/dev/null; {env}{shlex.join(argv)})"
         seconds = DEFAULT_EXEC_TIMEOUT_S if timeout is None else max(timeout, 0.001)
         try:
             res = await self._session.exec_split(cmd, timeout_ms=max(1, int(seconds * 1000)))

@@ -23,6 +23,7 @@ sk_daemon = fx.sk_daemon
 
 
 def test_agents_sandbox_backend(sk_daemon: Daemon) -> None:
+    from agents.sandbox import Manifest
     from agents.sandbox.errors import ExecTimeoutError, WorkspaceReadNotFoundError
 
     from sandkasten.sdk.openai_sandbox import (
@@ -63,8 +64,11 @@ def test_agents_sandbox_backend(sk_daemon: Daemon) -> None:
             assert (await resumed.exec("cat notes/a.txt")).stdout == b"agent data"
 
             # a second sandbox without a workspace: hydrate through the session itself
-            other = await client.create(options=SandkastenSandboxClientOptions(image="python"))
+            manifest = Manifest(root="/workspace", environment={"value": {"GREETING": "hej"}})
+            other = await client.create(manifest=manifest,
+                                        options=SandkastenSandboxClientOptions(image="python"))
             await other.start()
+            assert (await other.exec("echo $GREETING")).stdout == b"hej\n"
             await other.hydrate_workspace(io.BytesIO(archive))
             assert (await other.exec("cat notes/a.txt")).stdout == b"agent data"
             again = (await other.persist_workspace()).read()
