@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -28,6 +29,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from bench.bench_sandbox import extract_rootfs, pss_kib, tree
 
@@ -66,18 +68,20 @@ async def profile(rootfs: Path, runs: int, cmd: str, bwrap_cmd: list[str] | None
     from sandkasten.runtime.linux import LinuxRuntime
 
     data = Path(tempfile.mkdtemp(prefix="sandkasten-profile-"))
-    rt = LinuxRuntime(data, cgroup_parent=f"sandkasten-profile-{os.getpid()}")
+    rt = LinuxRuntime(data, cgroup_parent="sandkasten-profile")
     rt.start()
     ends: dict[str, list[float]] = defaultdict(list)  # step -> ms after the request
     durs: dict[str, list[float]] = defaultdict(list)  # step -> its own duration (summed)
     order: dict[str, int] = {}
     created, first, total, bw = [], [], [], []
+    live: list[Any] = []
     try:
         for i in range(runs):
             spec = SessionSpec(id=f"profile-{i}", image="profile", layer_paths=[rootfs],
                                cpu_limit=1.0, mem_limit_mb=512, pids_limit=256)
             t0 = time.perf_counter_ns()
             sb = await rt.create(spec)
+            live.append(sb)
             t1 = time.perf_counter_ns()
             res = await sb.exec(cmd)
             t2 = time.perf_counter_ns()
@@ -108,11 +112,20 @@ async def profile(rootfs: Path, runs: int, cmd: str, bwrap_cmd: list[str] | None
                           f"Rss {m.get('Rss', 0):>6}")
                 print(f"  total PSS {pss_kib(pids)} KiB\n")
             await sb.destroy()
+            live.remove(sb)
             if bwrap_cmd is not None:
                 bw.append(bwrap_once(rootfs, bwrap_cmd))
     finally:
+        for sb in live:  # sandboxes outlive their creator: never leave one behind
+            with contextlib.suppress(Exception):
+                await sb.destroy()
         rt.close()
         shutil.rmtree(data, ignore_errors=True)
+        # the cgroup parent this run made: v1 has one per hierarchy, v2 one path
+        parents = getattr(rt.cgroups, "parents", None) or {"v2": getattr(rt.cgroups, "path", None)}
+        for d in parents.values():
+            with contextlib.suppress(OSError, TypeError):
+                os.rmdir(d)
     med = statistics.median
     print(f"{'step':<18}{'ends at (ms)':>14}{'takes (ms)':>12}   medians of {runs} runs")
     for name in sorted(order, key=order.__getitem__):

@@ -21,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import signal
-import termios
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -120,7 +118,7 @@ class NotPid1Reaper(Reaper):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """How to start one child process; built before the fork, used after it."""
+    """How to start one child process (see ``spawn``)."""
 
     argv: Sequence[str]
     env: dict[str, str]
@@ -132,61 +130,78 @@ class ChildSpec:
     fd3: int | None = None  # passed to the child as fd 3
 
 
-def fork_exec(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
-    """Fork and exec ``spec``; ``setup`` runs in the child right before execve.
+_CLONE_FS = 0x00000200
 
-    ``setup`` is where privileges are dropped and the seccomp filter is loaded, so it runs
-    after every step that still needs root. Failures in the child are reported through a
-    close-on-exec pipe and raised here as OSError, so the caller never waits on a child that
-    could not start.
-    """
-    r, w = os.pipe2(os.O_CLOEXEC)
-    env = [f"{k}={v}".encode() for k, v in spec.env.items()]
-    argv = [a.encode() for a in spec.argv]
-    pid = os.fork()
-    if pid == 0:  # child: no allocation-heavy work, no locks, exec or _exit
+
+def _inheritable_fds() -> list[int]:
+    out = []
+    for name in os.listdir("/proc/self/fd"):
         try:
-            os.close(r)
-            w = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 256)  # out of the way of fds 0-3
-            os.setsid()
-            if spec.ctty is not None:
-                fcntl.ioctl(spec.ctty, termios.TIOCSCTTY, 0)
-            for target, src in ((0, spec.stdin), (1, spec.stdout), (2, spec.stderr)):
-                os.dup2(src, target, inheritable=True)
-            first_free = 3
-            if spec.fd3 is not None:
-                os.dup2(spec.fd3, 3, inheritable=True)
-                first_free = 4
-            os.closerange(first_free, w)
-            os.closerange(w + 1, 65536)
-            for sig in _RESET_IGNORED:
-                _libc.signal(sig, 0)  # SIG_DFL
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            if os.get_inheritable(int(name)):
+                out.append(int(name))
+        except OSError:
+            pass  # the directory's own fd, closed by now
+    return out
+_SPAWN_SIGDEF = frozenset(_RESET_IGNORED) | HANDLED
+
+
+def spawn(spec: ChildSpec, setup: Callable[[], None] | None) -> int:
+    """Start ``spec`` as a new session (setsid) and return its pid; OSError if it cannot.
+
+    No fork of this (Python, multi-threaded) process: a fresh thread gives itself a private
+    cwd (``unshare(CLONE_FS)``), runs ``setup``, which must drop *that thread's*
+    privileges and load its seccomp filter (``threaddrop``; never a process-wide change),
+    changes into ``spec.cwd`` (as the dropped user: "/" if that is not allowed) and calls
+    ``posix_spawn``, whose child inherits the thread's credentials and filter and runs no
+    Python before execve. The thread then exits. The child gets exactly ``stdin``,
+    ``stdout``, ``stderr`` (and ``fd3``): no other fd of this process.
+    With ``ctty``, the child opens that terminal by path as a session leader, which makes
+    it its controlling terminal.
+    """
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = []
+    if spec.ctty is not None:
+        tty = os.ttyname(spec.ctty)
+        for target, src in ((0, spec.stdin), (1, spec.stdout), (2, spec.stderr)):
+            if src == spec.ctty:
+                actions.append((os.POSIX_SPAWN_OPEN, target, tty, os.O_RDWR, 0))
+            else:
+                actions.append((os.POSIX_SPAWN_DUP2, src, target))
+    else:
+        actions += [(os.POSIX_SPAWN_DUP2, src, target)
+                    for target, src in ((0, spec.stdin), (1, spec.stdout), (2, spec.stderr))]
+    if spec.fd3 is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, spec.fd3, 3))
+    # Every fd this process opens is close-on-exec; one it inherited without the flag (PID 1
+    # has none, a runner on a host may) is closed in the child after the dup2s.
+    targets = {0, 1, 2} | ({3} if spec.fd3 is not None else set())
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in targets]
+    result: list[int | BaseException] = []
+
+    def run() -> None:
+        try:
+            if _libc.unshare(_CLONE_FS) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
             if setup is not None:
                 setup()
             try:
                 os.chdir(spec.cwd)
             except OSError:
                 os.chdir("/")
-            os.execve(argv[0], argv, dict(e.split(b"=", 1) for e in env))  # noqa: S606
-        except BaseException as e:  # report and die; never return into the parent's code
-            code = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
-            try:
-                os.write(w, f"{code}:{e}".encode()[:1000])
-            finally:
-                os._exit(127)
-    os.close(w)
-    try:
-        report = b""
-        while chunk := os.read(r, 1024):
-            report += chunk
-    finally:
-        os.close(r)
-    if report:
-        code_s, _, msg = report.decode(errors="replace").partition(":")
-        # the child already exited: the caller's reaper collects it
-        raise OSError(int(code_s) if code_s.isdigit() else errno.EINVAL, msg)
-    return pid
+            result.append(os.posix_spawn(
+                spec.argv[0], list(spec.argv), spec.env, file_actions=actions, setsid=True,
+                setsigmask=(), setsigdef=_SPAWN_SIGDEF))
+        except BaseException as e:  # handed to the caller's thread
+            result.append(e)
+
+    t = threading.Thread(target=run, name="spawn", daemon=True)
+    t.start()
+    t.join()
+    if not result:
+        raise OSError(errno.EINVAL, "spawn thread ended without a result")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 def serve_signals(reaper: Reaper, on_exit: Callable[[], None]) -> None:

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from runner.init import ChildSpec, Reaper, fork_exec
+from runner.init import ChildSpec, Reaper, spawn
 from runner.output import Capped
 from runner.shell import KILL_GRACE
 
@@ -35,7 +35,7 @@ def run_plain(
     devnull = os.open("/dev/null", os.O_RDONLY)
     try:
         spec = ChildSpec([sh, "-c", cmd], env, cwd, devnull, out_w, err_w)
-        pid = reaper.spawn(lambda: fork_exec(spec, setup))
+        pid = reaper.spawn(lambda: spawn(spec, setup))
     except BaseException:
         for fd in {out_r, err_r, out_w, err_w} - {-1}:
             os.close(fd)

@@ -9,8 +9,11 @@ inside a sandbox: it must be called after pivot_root with every module already i
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +25,19 @@ from runner.output import clean
 from runner.plain import run_plain
 from runner.shell import Shell, ShellConfig
 
+_libc = ctypes.CDLL(None)
+SWITCH_INTERVAL = 0.0002  # seconds
+
+
+def release_free_memory() -> None:
+    """Give memory that the allocator holds free back to the kernel (glibc malloc_trim).
+
+    An idle sandbox's PID 1 then keeps only what it uses: the pages freed by a request
+    would otherwise stay resident, counted as the session's own memory.
+    """
+    with contextlib.suppress(AttributeError):  # not glibc
+        _libc.malloc_trim(0)
+
 
 @dataclass
 class RunnerConfig:
@@ -32,7 +48,9 @@ class RunnerConfig:
     shell_prefer: list[str] = field(default_factory=lambda: ["bash", "sh"])
     exec_mode: str = "stateful"
     stage_dir: str = "/tmp"
-    setup: Callable[[], None] | None = None  # runs in each user child before execve
+    # runs in the thread that spawns each user process (``init.spawn``): drops that thread's
+    # privileges and loads its seccomp filter, never the whole process's
+    setup: Callable[[], None] | None = None
 
 
 class Runner:
@@ -44,7 +62,6 @@ class Runner:
         self.on_shutdown = on_shutdown
         self._shell: Shell | None = None
         self._shell_lock = threading.Lock()
-        self._shell_error: str | None = None
         self._conns: set[socket.socket] = set()
         self._closed = False
 
@@ -60,15 +77,14 @@ class Runner:
             return self._shell
 
     def prestart(self) -> None:
-        """Start the shell in the background, so the first exec finds it ready."""
-        if self.cfg.exec_mode == "stateful":
-            threading.Thread(target=self._prestart, name="shell-start", daemon=True).start()
+        """Start the shell now, so the first exec finds it starting or ready.
 
-    def _prestart(self) -> None:
-        try:
-            self.shell()
-        except Exception as e:  # reported to the first exec that asks
-            self._shell_error = str(e)
+        Returns once the shell is forked: its exec and start-up are awaited by the first
+        request that needs it. An error here is not fatal: that request retries and reports.
+        """
+        if self.cfg.exec_mode == "stateful":
+            with contextlib.suppress(Exception):
+                self.shell()
 
     def close(self) -> None:
         self._closed = True
@@ -163,6 +179,8 @@ class Runner:
         finally:
             self._conns.discard(conn)
             conn.close()
+            if not self._conns:
+                release_free_memory()  # idle again: after the reply, off its path
 
     def serve(self, listener: socket.socket) -> None:
         """Accept connections forever (until the listener is closed)."""
@@ -185,18 +203,28 @@ def serve_pid1(listener: socket.socket, cfg: RunnerConfig,
     set_non_dumpable()
     os.setgroups([])  # file requests use fsuid/fsgid; no root supplementary groups linger
     block_signals()  # before any thread starts: every thread inherits the mask
+    # A request hops between threads (accept, connection, spawn): with the default 5 ms
+    # switch interval a thread that wants the GIL may wait that long for a busy one.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     reaper = Reaper()
 
     def shutdown() -> None:
         os.kill(os.getpid(), 15)  # handled by serve_signals: forward and exit
 
     runner = Runner(cfg, reaper, on_shutdown=shutdown)
-    # Ready first: the listener already queues connections, and the creator's round trip
-    # then overlaps the shell's start (the first exec waits for the shell, not for us).
+    # Ready first (the listener already queues connections): the shell is spawned while
+    # the creator hears of it and sends its first exec, which is the one to wait for the
+    # shell's start-up.
     if ready is not None:
         ready()
     threading.Thread(target=runner.serve, args=(listener,), name="accept", daemon=True).start()
     runner.prestart()
+    # Whatever exists now (the fork server's objects and our setup's) is never collected:
+    # a collection walking it would copy its pages. The collector (disabled by the fork
+    # server until here) only looks at what the requests allocate from now on.
+    gc.freeze()
+    gc.enable()
+    release_free_memory()
     # on exit PID 1 only marks itself closed: serve_signals kills and reaps everything, and
     # waiting for the shell here would wait on the very thread that reaps
     serve_signals(reaper, lambda: setattr(runner, "_closed", True))

@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import os
 import re
-import secrets
 import select
 import signal
 import stat
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 
 from runner import protocol as p
 from runner.exports import END_LINE, parse_exports
-from runner.init import ChildSpec, Reaper, fork_exec
+from runner.init import ChildSpec, Reaper, spawn
 from runner.output import Capped, StreamCleaner, clean
 
 STAGE_THRESHOLD = 16 * 1024
@@ -64,7 +63,7 @@ class ShellConfig:
     workdir: str = "/workspace"
     shell_prefer: list[str] = field(default_factory=lambda: ["bash", "sh"])
     stage_dir: str = "/tmp"
-    setup: Callable[[], None] | None = None  # drop privileges + seccomp, in the child
+    setup: Callable[[], None] | None = None  # drops the spawning thread's privileges
 
 
 def find_shell(prefer: list[str], path: str) -> str:
@@ -76,6 +75,10 @@ def find_shell(prefer: list[str], path: str) -> str:
             if os.path.isfile(c) and os.access(c, os.X_OK):
                 return c
     raise FileNotFoundError(f"none of the shells {prefer} exists in the image")
+
+
+def _nonce() -> str:
+    return os.urandom(8).hex()  # not ``secrets``: one module less in every PID 1
 
 
 def _quote(s: str) -> str:
@@ -117,7 +120,8 @@ class Shell:
             env.update(PS1="", PS2="", PS4="+ ")
             if self.is_bash:
                 # bash reads a pipe on stdin one byte at a time and never loses input
-                argv = [self.path, "--norc", "--noprofile", "--noediting", "-i"]
+                argv = [self.path, "--norc", "--noprofile", "--noediting", "+o", "history",
+                        "-i"]
                 spec = ChildSpec(argv, env, self.cfg.workdir, r, slave, devnull, ctty=slave)
             else:
                 # ash/dash: commands from fd 3, stdin /dev/null (with commands on stdin,
@@ -125,7 +129,7 @@ class Shell:
                 argv = [self.path, "-i", "/proc/self/fd/3"]
                 spec = ChildSpec(argv, env, self.cfg.workdir, devnull, slave, devnull,
                                  ctty=slave, fd3=r)
-            self.pid = self.reaper.spawn(lambda: fork_exec(spec, self.cfg.setup))
+            self.pid = self.reaper.spawn(lambda: spawn(spec, self.cfg.setup))
         except BaseException:
             for fd in (master, w):
                 os.close(fd)
@@ -135,14 +139,16 @@ class Shell:
             os.close(r)
             os.close(devnull)
         self._master, self._stdin = master, w
-        # Silence history and job notices; everything before the first marker is discarded.
-        # The marker is read by the first exec (``_ready``), not here: the shell starts up
-        # while its creator is told the sandbox is ready.
+        if self.is_bash:
+            return  # quiet from its first byte: no rc files, no history, notices on stderr
+        # ash/dash: history off where they have one; whatever the shell prints before this
+        # marker is dropped. The marker is read by the first exec (``_run``), not here: the
+        # shell starts up while its creator is told that the sandbox is ready.
         self._write(_INIT)
         self._pending = self._send_marker()
 
     def _ready(self) -> None:
-        """Read up to the start-up marker if that has not happened yet (holding the lock)."""
+        """Read the start-up marker if nobody has yet (holding the lock)."""
         if self._pending is not None:
             nonce, self._pending = self._pending, None
             self._await_marker(nonce)
@@ -232,7 +238,7 @@ class Shell:
                 os.unlink(old)
 
     def _send_marker(self) -> str:
-        nonce = secrets.token_hex(8)
+        nonce = _nonce()
         self._write(self._marker_line(nonce))
         return nonce
 
@@ -262,8 +268,7 @@ class Shell:
             on_chunk: Callable[[str], None] | None = None) -> p.ExecDone:
         with self.lock:
             try:
-                self._ready()
-                return self._run(req, on_chunk)
+                return self._run(req, on_chunk)  # skips a start-up marker still unread
             except RuntimeError:
                 self._restart()
                 raise
@@ -271,7 +276,7 @@ class Shell:
     def _run(self, req: p.Exec | p.ExecStream,
              on_chunk: Callable[[str], None] | None) -> p.ExecDone:
         start = time.monotonic()
-        nonce = secrets.token_hex(8)
+        nonce = _nonce()
         staged = None
         if len(req.cmd.encode()) > STAGE_THRESHOLD:
             staged = self._stage(req.cmd, nonce)
@@ -288,6 +293,14 @@ class Shell:
                     f"}} </dev/null 2>&1\n")
         else:
             body = f"{{ eval {_quote(req.cmd)}\n}} </dev/null 2>&1\n"
+        # Right after start-up the shell may still be on its start-up lines: the exec is
+        # queued behind them instead of waiting for their marker (one round trip less on
+        # a sandbox's first exec), and the output up to that marker is dropped.
+        skip = None
+        if self._pending is not None:
+            skip = re.compile(rb"\x1e" + self._pending.encode() + rb":-?\d+:.*?\x1f"
+                              + self._pending.encode() + rb"\r?\n")
+            self._pending = None
         self._write(body)
         self._drained()
         self._write(self._marker_line(nonce))
@@ -311,9 +324,17 @@ class Shell:
                 shell_gone = True
                 data = b""
             tail += data
-            m = pat.search(tail)
+            if skip is not None:
+                m0 = skip.search(tail)
+                if m0 is not None:
+                    tail, skip = tail[m0.end():], None
+                elif not shell_gone:
+                    tail = tail[-4096:]  # start-up noise only; the marker is shorter
+            m = pat.search(tail) if skip is None or shell_gone else None
             emit_upto = m.start() if m else len(tail)
-            if not m and not shell_gone:
+            if skip is not None and not shell_gone:
+                emit_upto = 0  # nothing of the command's output has come yet
+            elif not m and not shell_gone:
                 hold = tail.rfind(b"\x1e")
                 if hold != -1:
                     emit_upto = hold
@@ -406,6 +427,7 @@ class Shell:
     def _start_env(self) -> dict[str, str]:
         env = dict(self.cfg.env)
         env.setdefault("TERM", "xterm")
+        env.setdefault("SHELL", self.path)  # else the shell looks itself up in /etc/passwd
         return env
 
     def _read_exports(self, path: str) -> dict[str, str] | None:

@@ -209,6 +209,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file not found: {path}", hint="create it as in docs/configuration.md"
         ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"permission denied: cannot read config file {path}",
+            hint=f"run it with sudo: sudo sandkasten --config {path}",
+        ) from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     try:

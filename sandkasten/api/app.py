@@ -45,7 +45,6 @@ whatever their `Content-Type` says (curl's `-d` works as is). Errors are
 def make_runtime(config: Config) -> Runtime:
     """The Linux driver over the image store in ``data_dir``."""
     from imgbuilder.store import Store
-
     from sandkasten.runtime.linux import LinuxRuntime
 
     runtime: Runtime = LinuxRuntime(

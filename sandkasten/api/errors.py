@@ -41,6 +41,7 @@ def _err(status: int, description: str) -> Responses:
 AUTH = _err(401, "missing or wrong API key (`Authorization: Bearer <api_key>`)")
 BAD = _err(400, "malformed request (invalid JSON, missing or invalid fields)")
 NOT_FOUND = _err(404, "unknown session, workspace, image or file")
+FORBIDDEN = _err(403, "the sandbox user may not do that (file permissions)")
 CONFLICT = _err(409, "the resource's state does not allow the request")
 TOO_LARGE = _err(413, "request body over the limit")
 POLICY = _err(422, "refused by policy (image not allowed, workspaces disabled)")
@@ -94,14 +95,14 @@ def _describe(err: dict[str, Any]) -> str:
 
 _OS_STATUS = {
     errno.ENOENT: (404, "file_not_found"),
-    errno.ENOTDIR: (400, "invalid_path"),
-    errno.EISDIR: (400, "invalid_path"),
-    errno.ELOOP: (400, "invalid_path"),
+    errno.ENOTDIR: (409, "path_conflict"),
+    errno.EISDIR: (409, "path_conflict"),
+    errno.ELOOP: (409, "path_conflict"),
     errno.ENAMETOOLONG: (400, "invalid_path"),
     errno.EEXIST: (409, "exists"),
     errno.ENOTEMPTY: (409, "not_empty"),
-    errno.EACCES: (400, "permission_denied"),
-    errno.EPERM: (400, "permission_denied"),
+    errno.EACCES: (403, "permission_denied"),
+    errno.EPERM: (403, "permission_denied"),
     errno.EROFS: (409, "read_only"),
     errno.ENOSPC: (413, "no_space"),
     errno.EDQUOT: (413, "no_space"),

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+
+def json_number(v: Any, *, integer: bool) -> Any:
+    """Only JSON numbers, as the schema says: no true for 1, no "1" for 1 (pydantic's lax
+    mode would take both)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        raise ValueError(f"Input should be a valid {'integer' if integer else 'number'}")
+    return v
+
 
 #: image and workspace names: they become file names on the host
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 #: a file path: no NUL byte, no component over 255 bytes (the kernel's NAME_MAX)
 PATH_PATTERN = r"^/*(?:[^/\x00]{1,255}/+)*[^/\x00]{0,255}$"
+#: a file to write: like PATH_PATTERN, ending in a name that is not "." or ".."
+FILE_PATTERN = (
+    r"^/*(?:[^/\x00]{1,255}/+)*"
+    r"(?:[^/\x00.][^/\x00]{0,254}|\.[^/\x00.][^/\x00]{0,253}|\.\.[^/\x00]{1,253})$"
+)
 
 
 class _Req(BaseModel):
@@ -30,6 +44,16 @@ class CreateSession(_Req):
     mem_limit_mb: int | None = Field(default=None, ge=16, le=1 << 22)
     pids_limit: int | None = Field(default=None, ge=8, le=1 << 22)
     network_mode: Literal["none"] | None = None
+
+    @field_validator("ttl_seconds", "mem_limit_mb", "pids_limit", mode="before")
+    @classmethod
+    def _ints(cls, v: Any) -> Any:
+        return json_number(v, integer=True)
+
+    @field_validator("cpu_limit", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        return json_number(v, integer=False)
 
 
 class SessionOut(BaseModel):
@@ -54,10 +78,17 @@ class StatsOut(BaseModel):
 
 
 class ExecRequest(_Req):
-    cmd: str = Field(description="shell command line, run in the session's persistent shell")
+    cmd: str = Field(
+        pattern=r"\S", description="shell command line, run in the session's persistent shell"
+    )
     timeout_ms: int | None = Field(default=None, gt=0, description="capped by max_exec_timeout_ms")
-    raw_output: bool = False
-    split_output: bool = Field(default=False, description="separate stdout and stderr")
+    raw_output: StrictBool = False
+    split_output: StrictBool = Field(default=False, description="separate stdout and stderr")
+
+    @field_validator("timeout_ms", mode="before")
+    @classmethod
+    def _ints(cls, v: Any) -> Any:
+        return json_number(v, integer=True)
 
 
 class ExecOut(BaseModel):
@@ -98,12 +129,17 @@ class WriteFile(_Req):
         },
     )
 
-    path: str = Field(min_length=1, max_length=4096, pattern=PATH_PATTERN)
+    path: str = Field(min_length=1, max_length=4096, pattern=FILE_PATTERN)
     text: str | None = None
     content_base64: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]*={0,2}$")
     mode: int | None = Field(
         default=None, ge=0, le=0o777, description="permission bits, default 0644"
     )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _ints(cls, v: Any) -> Any:
+        return json_number(v, integer=True)
 
 
 class WriteOut(BaseModel):

@@ -28,10 +28,16 @@ from sandkasten.cli.serve import LOG_FILE, STATE_FILE, preflight
 from sandkasten.config import CONFIG_ENV, Config, load_config
 from sandkasten.errors import SandkastenError
 
+# A plain string, not a click Path: a file only root may read must reach load_config,
+# which answers with "permission denied … run it with sudo" instead of a usage error.
 ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="sandkasten.yaml (default: $SANDKASTEN_CONFIG or "
-                 "./sandkasten.yaml)", show_default=False),
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="sandkasten.yaml (default: $SANDKASTEN_CONFIG or ./sandkasten.yaml)",
+        show_default=False,
+    ),
 ]
 
 
@@ -42,23 +48,23 @@ def fail(message: str, hint: str | None = None) -> typer.Exit:
     return typer.Exit(1)
 
 
-def config_path(opt: Path | None) -> Path | None:
+def config_path(opt: str | Path | None) -> Path | None:
     if opt is not None:
-        return opt
+        return Path(opt)
     if os.environ.get(CONFIG_ENV):
         return Path(os.environ[CONFIG_ENV])
     local = Path("sandkasten.yaml")
     return local if local.is_file() else None
 
 
-def _load(opt: Path | None) -> Config:
+def _load(opt: str | Path | None) -> Config:
     try:
         return load_config(config_path(opt))
     except SandkastenError as e:
         raise fail(e.message, e.hint) from None
 
 
-def run_foreground(config_opt: Path | None) -> None:
+def run_foreground(config_opt: str | Path | None) -> None:
     from sandkasten.cli.serve import serve
 
     config = _load(config_opt)
@@ -78,8 +84,9 @@ def root(ctx: typer.Context, config: ConfigOpt = None) -> None:
         run_foreground(config)
 
 
-def _cfg(ctx: typer.Context, config: Path | None) -> Path | None:
-    return config or (ctx.obj or {}).get("config")
+def _cfg(ctx: typer.Context, config: str | None) -> Path | None:
+    chosen = config or (ctx.obj or {}).get("config")
+    return Path(chosen) if chosen else None
 
 
 def daemon(
@@ -98,8 +105,10 @@ def daemon(
         raise fail(e.message, e.hint) from None
     running = _state(cfg)
     if running:
-        raise fail(f"the daemon is already running (pid {running['pid']}, {running['url']})",
-                   "sandkasten stop")
+        raise fail(
+            f"the daemon is already running (pid {running['pid']}, {running['url']})",
+            "sandkasten stop",
+        )
     log_path = cfg.run_dir / LOG_FILE
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)
@@ -107,8 +116,14 @@ def daemon(
     if path is not None:
         argv += ["--config", str(path.resolve())]
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            start_new_session=True,
+            close_fds=True,
+        )
     finally:
         os.close(fd)
     deadline = time.monotonic() + 60
@@ -123,8 +138,10 @@ def daemon(
             tail = log_path.read_text(errors="replace").splitlines()[-5:]
             for line in tail:
                 typer.echo(line, err=True)
-            raise fail(f"the daemon exited during start-up (status {proc.returncode})",
-                       f"full log: {log_path}")
+            raise fail(
+                f"the daemon exited during start-up (status {proc.returncode})",
+                f"full log: {log_path}",
+            )
         time.sleep(0.1)
     raise fail("the daemon did not become ready within 60 s", f"see {log_path}")
 
@@ -149,8 +166,10 @@ def stop(
     cfg = _load(_cfg(ctx, config))
     state = _state(cfg)
     if not state:
-        raise fail(f"no daemon is running for data_dir {cfg.data_dir}",
-                   "start one: sudo sandkasten daemon -d --config sandkasten.yaml")
+        raise fail(
+            f"no daemon is running for data_dir {cfg.data_dir}",
+            "start one: sudo sandkasten daemon -d --config sandkasten.yaml",
+        )
     pid = int(state["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
@@ -162,8 +181,10 @@ def stop(
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     if Path(f"/proc/{pid}").exists():
-        raise fail(f"the daemon (pid {pid}) did not stop within {timeout:g} s",
-                   f"see sandkasten logs; force it with: sudo kill -9 {pid}")
+        raise fail(
+            f"the daemon (pid {pid}) did not stop within {timeout:g} s",
+            f"see sandkasten logs; force it with: sudo kill -9 {pid}",
+        )
     typer.echo(f"sandkasten daemon stopped (pid {pid})")
 
 
@@ -186,8 +207,10 @@ def _call(cfg: Config, method: str, path: str) -> Any:
         with _client(cfg) as c:
             r = c.request(method, path)
     except httpx.TransportError:
-        raise fail(f"cannot reach the daemon at {_connect_addr(cfg)}",
-                   "start it: sudo sandkasten --config sandkasten.yaml") from None
+        raise fail(
+            f"cannot reach the daemon at {_connect_addr(cfg)}",
+            "start it: sudo sandkasten --config sandkasten.yaml",
+        ) from None
     try:
         body = r.json()
     except ValueError:
@@ -231,8 +254,18 @@ def ps(
             typer.echo(s["id"])
         return
     rows = [("SESSION ID", "IMAGE", "STATUS", "WORKSPACE", "CWD", "CREATED", "EXPIRES")]
-    rows += [(s["id"], s["image"], s["status"], s["workspace_id"] or "-", s["cwd"],
-              _ago(s["created_at"]), _ago(s["expires_at"])) for s in sessions]
+    rows += [
+        (
+            s["id"],
+            s["image"],
+            s["status"],
+            s["workspace_id"] or "-",
+            s["cwd"],
+            _ago(s["created_at"]),
+            _ago(s["expires_at"]),
+        )
+        for s in sessions
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -262,9 +295,11 @@ def logs(
     try:
         f = open(path, errors="replace")  # noqa: SIM115 (followed below, closed in finally)
     except FileNotFoundError:
-        raise fail(f"no log at {path}",
-                   "the log exists once the daemon ran with -d: "
-                   "sudo sandkasten daemon -d --config sandkasten.yaml") from None
+        raise fail(
+            f"no log at {path}",
+            "the log exists once the daemon ran with -d: "
+            "sudo sandkasten daemon -d --config sandkasten.yaml",
+        ) from None
     except PermissionError:
         raise fail(f"permission denied: {path}", "run it with sudo: sudo sandkasten logs") from None
     try:

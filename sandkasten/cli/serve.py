@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,8 +37,19 @@ STATE_FILE = "daemon.json"
 LOG_FILE = "sandkasten.log"
 
 # Filesystems that cannot hold overlayfs upper/work directories (WSL's Windows drives).
-_NO_OVERLAY_FS = {"9p", "v9fs", "drvfs", "ntfs", "ntfs3", "fuseblk", "vfat", "exfat", "cifs",
-                  "smb3", "smbfs"}
+_NO_OVERLAY_FS = {
+    "9p",
+    "v9fs",
+    "drvfs",
+    "ntfs",
+    "ntfs3",
+    "fuseblk",
+    "vfat",
+    "exfat",
+    "cifs",
+    "smb3",
+    "smbfs",
+}
 
 
 def setup_logging(level: str) -> None:
@@ -65,6 +77,12 @@ def fs_type(path: Path) -> str:
     return kind
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def preflight(config: Config) -> None:
     """Every check a new user's first start can fail, each with the seed's answer."""
     if os.geteuid() != 0:
@@ -75,8 +93,16 @@ def preflight(config: Config) -> None:
     if not config.api_key and not config.is_loopback():
         raise ConfigError(
             f"refusing to listen on {config.listen} without an api_key",
-            hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), or listen on "
-            "127.0.0.1",
+            hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), or listen on 127.0.0.1",
+        )
+    # Before creating anything: a data_dir on a Windows drive must not be touched.
+    kind = fs_type(_existing_ancestor(config.data_dir))
+    windows_drive = re.match(r"^/mnt/[a-zA-Z](/|$)", str(config.data_dir)) is not None
+    if kind in _NO_OVERLAY_FS or windows_drive:
+        raise RuntimeSetupError(
+            f"overlayfs: upper fs does not support xattrs: data_dir {config.data_dir} is on "
+            f"{kind if kind in _NO_OVERLAY_FS else 'a Windows drive (WSL)'}",
+            hint='put data_dir on the Linux filesystem, e.g. data_dir: "/var/lib/sandkasten"',
         )
     for sub in ("images", "layers", "sessions", "workspaces", "run"):
         try:
@@ -87,13 +113,6 @@ def preflight(config: Config) -> None:
                 hint="check data_dir in sandkasten.yaml; it must be writable by root",
             ) from None
     os.chmod(config.run_dir, 0o700)
-    kind = fs_type(config.data_dir)
-    if kind in _NO_OVERLAY_FS or str(config.data_dir).startswith("/mnt/"):
-        raise RuntimeSetupError(
-            f"overlayfs: upper fs does not support xattrs: data_dir {config.data_dir} is on "
-            f"{kind or 'a Windows drive'}",
-            hint='put data_dir on the Linux filesystem, e.g. data_dir: "/var/lib/sandkasten"',
-        )
 
 
 class PidLock:
@@ -129,8 +148,11 @@ class PidLock:
 def bind(config: Config) -> socket.socket:
     host, port = config.host, config.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are
+    # TCP, and without it a keep-alive response waits 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -168,8 +190,10 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             return
         url = f"http://{self.addr}/v1"
-        write_state(self.state_path, {"pid": os.getpid(), "listen": self.addr, "url": url,
-                                      "started_at": time.time()})
+        write_state(
+            self.state_path,
+            {"pid": os.getpid(), "listen": self.addr, "url": url, "started_at": time.time()},
+        )
         log.info("listening addr=%s", self.addr)
         print(f"\n  sandkasten daemon ready\n  API:       {url}\n", flush=True)
 
@@ -194,13 +218,23 @@ def serve(config: Config) -> int:
         sock = bind(config)
         from sandkasten.api.app import create_app, make_runtime
 
-        runtime = make_runtime(config)  # before any thread: the fork server starts here
+        runtime = make_runtime(config)
+        start = getattr(runtime, "start", None)
+        if callable(start):
+            start()  # the fork server, before uvicorn or asyncio start any thread
         _warn_missing_default_image(config)
         app = create_app(config, runtime)
         server = _Server(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                           timeout_graceful_shutdown=10, server_header=False),
-            _addr(sock), state_path,
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+                server_header=False,
+            ),
+            _addr(sock),
+            state_path,
         )
         # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal under the
         # handlers it found: make those no-ops so the clean-up below always runs.

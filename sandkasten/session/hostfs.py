@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, BinaryIO
 
-from sandkasten.errors import NotFoundError, ValidationError, with_code
+from sandkasten.errors import ConflictError, NotFoundError, ValidationError, with_code
 
 SANDBOX_UID = 1000  # the unprivileged user commands run as (caps.drop_privileges default)
 SANDBOX_GID = 1000
@@ -56,13 +56,48 @@ def open_in_root(root_fd: int, path: str, flags: int = os.O_RDONLY) -> int:
     return int(fd)
 
 
-def clean_relpath(path: str) -> list[str]:
-    """Components of ``path`` below a root; ``..``, NUL and empty paths are refused."""
+# Kernel filesystems an archive never descends into: their files are not data (and some
+# block or never end when read).
+_PSEUDO_FS = {
+    0x9FA0,  # proc
+    0x62656572,  # sysfs
+    0x1CD1,  # devpts
+    0x27E0EB,  # cgroup
+    0x63677270,  # cgroup2
+    0x19800202,  # mqueue
+    0x64626720,  # debugfs
+    0x73636673,  # securityfs
+    0x74726163,  # tracefs
+    0xCAFE4A11,  # bpf
+    0x6E736673,  # nsfs
+}
+
+
+def _fs_magic(fd: int) -> int:
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first member
+    if _libc.fstatfs(fd, buf) != 0:
+        return 0
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def clean_relpath(path: str, *, clamp: bool = False) -> list[str]:
+    """Components of ``path`` below a root. NUL is refused; ``..`` is refused, or with
+    ``clamp`` resolved lexically and never above the root (as ``/..`` is ``/``)."""
     if "\0" in path:
-        raise ValidationError("path contains a NUL byte")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise with_code(ValidationError(f"path must not contain '..': {path!r}"), "invalid_path")
+        raise with_code(ValidationError("path contains a NUL byte"), "invalid_path")
+    parts: list[str] = []
+    for p in path.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if not clamp:
+                raise with_code(
+                    ValidationError(f"path must not contain '..': {path!r}"), "invalid_path"
+                )
+            if parts:
+                parts.pop()
+            continue
+        parts.append(p)
     return parts
 
 
@@ -91,10 +126,10 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool, uid: int, gid: in
         os.close(fd)
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise with_code(
-                ValidationError(
+                ConflictError(
                     f"{'/'.join(parts)}: a path component is a symlink or not a directory"
                 ),
-                "invalid_path",
+                "path_conflict",
             ) from None
         raise
 
@@ -113,7 +148,7 @@ def write_stream(
     Parent directories are created (owned by ``uid``). The final name is replaced, never
     followed: a symlink there is replaced by the file.
     """
-    parts = clean_relpath(path)
+    parts = clean_relpath(path, clamp=True)
     if not parts:
         raise with_code(ValidationError("path names a directory, not a file"), "invalid_path")
     dfd = _open_dir(root_fd, parts[:-1], create=True, uid=uid, gid=gid)
@@ -142,7 +177,7 @@ def write_stream(
         try:
             os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
         except IsADirectoryError:
-            raise with_code(ValidationError(f"{path}: is a directory"), "invalid_path") from None
+            raise with_code(ConflictError(f"{path}: is a directory"), "path_conflict") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dfd)
@@ -179,6 +214,8 @@ def _walk_tar(dfd: int, prefix: str) -> Iterator[bytes]:
             except OSError:
                 continue  # replaced by a symlink or removed since the stat
             try:
+                if _fs_magic(cfd) in _PSEUDO_FS:
+                    continue  # /proc, /sys, /dev/pts …: the mount point alone is not worth it
                 yield _header(arc + "/", st, tarfile.DIRTYPE)
                 yield from _walk_tar(cfd, arc + "/")
             finally:

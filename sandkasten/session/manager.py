@@ -77,7 +77,14 @@ class SessionManager:
     def get(self, session_id: str) -> SessionRow:
         row = self._rows.get(session_id)
         if row is None:
-            raise with_code(NotFoundError(f"session not found: {session_id}"), "session_not_found")
+            raise with_code(
+                NotFoundError(
+                    f"session not found: {session_id}",
+                    hint="it expired or was destroyed; live sessions: GET /v1/sessions "
+                    "(sandkasten ps)",
+                ),
+                "session_not_found",
+            )
         return row
 
     def sandbox(self, session_id: str) -> Sandbox:

@@ -72,8 +72,9 @@ def test_seed_step8_curl_flow(daemon: DaemonProcess) -> None:
   -H "Authorization: Bearer sk-sandbox-test" \\
   -H "Content-Type: application/json" \\
   -d '{"path":"/workspace/hello.py","text":"print(\\"Hello from file!\\")"}'""", **env)
-    read = json.loads(sh("""curl -s "$BASE/v1/sessions/$SESSION_ID/fs/read?path=/workspace/hello.py" \\
-  -H "Authorization: Bearer sk-sandbox-test" """, **env))
+    read = json.loads(sh(
+        'curl "$BASE/v1/sessions/$SESSION_ID/fs/read?path=/workspace/hello.py" \\\n'
+        '  -H "Authorization: Bearer sk-sandbox-test" -s', **env))
     assert base64.b64decode(read["content_base64"]) == b'print("Hello from file!")'
     out = json.loads(sh("""curl -s -X POST $BASE/v1/sessions/$SESSION_ID/exec \\
   -H "Authorization: Bearer sk-sandbox-test" \\

@@ -116,3 +116,46 @@ def test_wrongly_typed_fields_get_an_error_reply(client: LinuxSandbox) -> None:
         run(client.request(p.ReadFile(path=123)))  # type: ignore[arg-type]
     assert e.value.code == "invalid"
     assert run(client.exec("echo fine")).output == "fine\n"
+
+
+def test_background_jobs_print_no_job_notice(client: LinuxSandbox) -> None:
+    # bash announces "[1] <pid>" for a job put in the background when it reads commands
+    # interactively; an exec's output is the command's output only
+    r = run(client.exec("sleep 0.3 & echo started"))
+    assert (r.exit_code, r.output) == (0, "started\n")
+    r = run(client.exec("sleep 0.2 &"))
+    assert r.output == ""
+    # the job still belongs to the shell: $! and wait work across execs
+    assert run(client.exec("wait $!; echo waited $?")).output.endswith("waited 0\n")
+    # and the here-document that carries a command is not an fd the command can see
+    r = run(client.exec("ls /proc/self/fd"))
+    assert "9" not in r.output.split()
+
+
+def test_commands_with_quotes_heredocs_and_marker_like_lines(client: LinuxSandbox) -> None:
+    cmd = "cat <<'EOF'\nSANDKASTEN_x\n'quoted' \"double\" $HOME \\\nEOF\necho 'it'\\''s'"
+    r = run(client.exec(cmd))
+    assert r.output == "SANDKASTEN_x\n'quoted' \"double\" $HOME \\\nit's\n"
+    assert run(client.exec("f() {\n  echo in-f\n}\nf")).output == "in-f\n"
+    assert run(client.exec("echo no-newline-at-end")).output == "no-newline-at-end\n"
+
+
+def test_split_exec_does_not_wait_for_a_running_exec(client: LinuxSandbox) -> None:
+    run(client.exec("cd /; export MARK=before TRICKY=$'a\\nb \"c\" $d'"))
+
+    async def scenario() -> tuple[Any, float, Any, Any]:
+        slow = asyncio.create_task(client.exec("sleep 1.5; cd /tmp; export MARK=after"))
+        await asyncio.sleep(0.2)
+        t0 = asyncio.get_running_loop().time()
+        split = await client.exec_split('echo "$PWD $MARK"; printf %s "$TRICKY"')
+        took = asyncio.get_running_loop().time() - t0
+        done = await slow
+        after = await client.exec_split('echo "$PWD $MARK"')
+        return split, took, done, after
+
+    split, took, done, after = run(scenario())
+    # the state the last completed exec left, at once (not after the 1.5 s exec)
+    assert took < 1.0
+    assert (split.cwd, split.stdout) == ("/", '/ before\na\nb "c" $d')
+    assert done.exit_code == 0
+    assert (after.cwd, after.stdout) == ("/tmp", "/tmp after\n")

@@ -13,6 +13,7 @@ import pytest
 from sandkasten.runtime.linux.cgroups import CgroupLimits, CgroupManager
 from sandkasten.runtime.linux.cgroups.base import wait_until
 from tests.support.cgroups import PREFIX, cgroup_manager, gated, release
+from tests.support.forked import in_child
 
 __all__ = ["cgroup_manager"]
 pytestmark = pytest.mark.privileged
@@ -174,3 +175,24 @@ def test_kill_all_and_remove_leave_nothing(cgroup_manager: CgroupManager) -> Non
     assert name not in cgroup_manager.list() and cgroup_manager.open(name) is None
     for d in getattr(cg, "dirs", {}).values():
         assert not os.path.exists(d)
+
+
+def test_a_process_moves_itself_into_every_hierarchy(cgroup_manager: CgroupManager) -> None:
+    # The session creation path: a freshly forked, single-threaded process joins its cgroup.
+    name = PREFIX + "self"
+    cg = cgroup_manager.create(name, CgroupLimits(pids=8, memory_bytes=64 << 20, cpu=0.5))
+
+    def child() -> list[str]:
+        cg.add_process(os.getpid())
+        assert os.getpid() in cg.procs()
+        with open("/proc/self/cgroup") as f:
+            return f.read().splitlines()
+
+    lines = in_child(child)
+    joined = [line for line in lines if line.endswith("/" + name)]
+    controllers = {c for line in joined for c in line.split(":")[1].split(",")}
+    if cgroup_manager.version == 1:
+        assert {"memory", "cpu", "cpuacct", "pids", "freezer"} <= controllers
+    else:
+        assert joined and joined[0].startswith("0::")
+    cg.remove()

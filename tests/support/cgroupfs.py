@@ -131,6 +131,8 @@ class FakeCgroupFS(CgroupFS):
         if not path.exists():
             raise OSError(errno.ENOENT, "No such file", str(path))
         cg = path.parent
+        if path.name == "tasks":  # v1: "0" is the calling thread; we only model processes
+            path, value = cg / "cgroup.procs", str(os.getpid()) if value == "0" else value
         if path.name == "cgroup.procs":
             for other in self._hierarchy(cg).rglob("cgroup.procs"):
                 pids = [p for p in other.read_text().split() if p != value]

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 @contextlib.contextmanager
 def serve_app(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn (lifespan on) in a thread; yield its base URL."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]

@@ -310,3 +310,28 @@ def test_refusal_has_no_side_effects_on_v1(fake: FakeCgroupFS) -> None:
     with pytest.raises(CgroupsUnavailableError):
         open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=psc)
     assert fake.writes == [] and not (fake.root / "memory/sk").exists()
+
+
+def test_v1_self_move_of_a_single_threaded_process_uses_tasks(fake: FakeCgroupFS) -> None:
+    from tests.support.forked import in_child
+
+    mgr = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=fake.make_v1(V1_HOST))
+    cg = mgr.create("s1", LIMITS)
+
+    def child() -> list[list[str]]:
+        fake.writes.clear()
+        cg.add_process(os.getpid())  # a forked child is single-threaded
+        assert cg.procs() == [os.getpid()]
+        return [list(w) for w in fake.writes]
+
+    writes = in_child(child)
+    assert {p.rsplit("/", 1)[1] for p, _ in writes} == {"tasks"}
+    assert {v for _, v in writes} == {"0"} and len(writes) == 5
+    p = _sleeper()
+    try:
+        fake.writes.clear()
+        cg.add_process(p.pid)  # another process: its whole thread group
+        assert {w[0].rsplit("/", 1)[1] for w in fake.writes} == {"cgroup.procs"}
+    finally:
+        p.kill()
+        p.wait()

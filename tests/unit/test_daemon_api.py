@@ -287,13 +287,13 @@ def test_workspace_writes_never_follow_symlinks(api: Api, tmp_path: Path) -> Non
     api.c.post("/v1/workspaces/w/fs/write", json={"path": "x", "text": "x"})
     os.symlink(outside, api.config.data_dir / "workspaces/w/escape")
     r = api.c.post("/v1/workspaces/w/fs/write", json={"path": "escape/pwn", "text": "x"})
-    err(r, 400, "invalid_path")
+    err(r, 409, "path_conflict")
     assert list(outside.iterdir()) == []
     bad = io.BytesIO()
     with tarfile.open(fileobj=bad, mode="w") as tf:
         ti = tarfile.TarInfo("escape/pwn")
         tf.addfile(ti, io.BytesIO(b""))
-    err(api.c.put("/v1/workspaces/w/archive", content=bad.getvalue()), 400, "invalid_path")
+    err(api.c.put("/v1/workspaces/w/archive", content=bad.getvalue()), 409, "path_conflict")
     dots = io.BytesIO()
     with tarfile.open(fileobj=dots, mode="w") as tf:
         tf.addfile(tarfile.TarInfo("../../pwn"), io.BytesIO(b""))
@@ -377,11 +377,8 @@ def test_error_codes(api: Api) -> None:
     err(api.c.post("/v1/sessions/nope/exec", json={"cmd": "true"}), 404, "session_not_found")
     err(api.c.get("/v1/nothing-here"), 404, "not_found")
     err(api.c.put("/v1/sessions"), 405, "method_not_allowed")
-    err(
-        api.c.post("/v1/workspaces/w/fs/write", json={"path": "/etc/x", "text": "x"}),
-        400,
-        "invalid_path",
-    )
+    r = api.c.post("/v1/workspaces/w/fs/write", json={"path": "/etc/../../x", "text": "x"})
+    assert r.json()["path"] == "/workspace/x"  # a workspace is its own root
     err(
         api.c.put("/v1/workspaces/w/archive", content=b"not a tar at all" * 100),
         400,

@@ -28,8 +28,10 @@ def kinds(ops: list[pl.Op]) -> list[str]:
 def test_order_of_the_stages() -> None:
     ops = pl.plan_session(spec(), PATHS, "sk-s1")
     k = kinds(ops)
-    # cgroup joined before the cgroup namespace exists; private before any mount
-    assert k[:4] == ["JoinCgroup", "Unshare", "MakePrivate", "ForkPid1"]
+    # PID 1 first: it joins the cgroup before anything else (and before the cgroup
+    # namespace exists); private before any mount; the socket bound on the host
+    assert k[:5] == ["ForkPid1", "JoinCgroup", "Unshare", "MakePrivate", "Listen"]
+    assert ops[4] == pl.Listen("/data/sessions/s1/runner.sock")
     # host paths used only before pivot_root; everything after resolves inside the root
     assert k.index("MountOverlay") < k.index("OpenBindSource") < k.index("PivotRoot")
     after = ops[k.index("PivotRoot") + 1:]
@@ -47,10 +49,12 @@ def test_order_of_the_stages() -> None:
 def test_namespaces_and_hostname() -> None:
     ops = pl.plan_session(spec(id="Sess_ABC.1"), PATHS, None)
     unshare = next(o for o in ops if isinstance(o, pl.Unshare))
-    for flag in (ns.CLONE_NEWNS, ns.CLONE_NEWPID, ns.CLONE_NEWNET, ns.CLONE_NEWUTS,
-                 ns.CLONE_NEWIPC, ns.CLONE_NEWCGROUP):
+    for flag in (ns.CLONE_NEWNS, ns.CLONE_NEWNET, ns.CLONE_NEWUTS, ns.CLONE_NEWIPC,
+                 ns.CLONE_NEWCGROUP):
         assert unshare.flags & flag
-    assert not unshare.flags & ns.CLONE_NEWUSER
+    # the pid namespace is made by ForkPid1 (unshare would put the *next* child in it)
+    assert not unshare.flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWPID)
+    assert kinds(ops)[:2] == ["ForkPid1", "Unshare"]
     assert "JoinCgroup" not in kinds(ops)
     assert pl.SetHostname("sess-abc-1") in ops
     assert pl.WriteFile("/etc/hostname", "sess-abc-1\n") in ops

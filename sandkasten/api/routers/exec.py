@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -10,11 +11,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from sandkasten.api.deps import Manager, require_api_key
-from sandkasten.api.errors import NOT_FOUND, Responses, responses
+from sandkasten.api.errors import CONFLICT, NOT_FOUND, Responses, responses
 from sandkasten.api.models import ExecOut, ExecRequest, SplitExecOut, sse_schema
 from sandkasten.errors import SandkastenError, ValidationError, with_code
 from sandkasten.runtime.base import ExecChunk, ExecResult
 from sandkasten.session.manager import SessionManager
+
+log = logging.getLogger("sandkasten")
 
 MAX_CMD_BYTES = 1 << 20
 
@@ -41,7 +44,7 @@ def _check(body: ExecRequest, m: SessionManager) -> int:
     response_model=ExecOut | SplitExecOut,
     response_model_exclude_none=True,
     summary="Run a command and wait for it",
-    responses=responses(NOT_FOUND),
+    responses=responses(NOT_FOUND, CONFLICT),
 )
 async def exec_command(m: Manager, session_id: str, body: ExecRequest) -> ExecOut | SplitExecOut:
     sandbox = m.sandbox(session_id)
@@ -114,6 +117,7 @@ async def exec_stream(m: Manager, session_id: str, body: ExecRequest) -> Streami
         except SandkastenError as e:
             yield sse("error", {"error": e.message, "code": e.code})
         except Exception as e:  # the stream has started: report in-band, never a traceback
+            log.exception("exec stream failed session=%s", session_id)
             yield sse("error", {"error": str(e) or type(e).__name__, "code": "internal"})
 
     return StreamingResponse(

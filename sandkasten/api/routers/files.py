@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
 import posixpath
 from collections.abc import Awaitable
 from pathlib import Path
@@ -13,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
 from sandkasten.api.deps import Manager, require_api_key
-from sandkasten.api.errors import NOT_FOUND, TOO_LARGE, responses
+from sandkasten.api.errors import CONFLICT, FORBIDDEN, NOT_FOUND, TOO_LARGE, responses
 from sandkasten.api.models import (
     PATH_PATTERN,
     Entry,
@@ -25,7 +27,6 @@ from sandkasten.api.models import (
     WriteOut,
 )
 from sandkasten.errors import (
-    NotFoundError,
     PayloadTooLargeError,
     SandkastenError,
     ValidationError,
@@ -65,17 +66,50 @@ def decode_content(body: WriteFile) -> bytes:
         ) from None
 
 
+# The runner's file-operation codes → (status, code) of the API.
+FILE_ERRORS: dict[str, tuple[int, str]] = {
+    "not_found": (404, "file_not_found"),
+    "permission_denied": (403, "permission_denied"),
+    "is_a_directory": (409, "path_conflict"),
+    "not_a_directory": (409, "path_conflict"),
+    "invalid": (409, "path_conflict"),
+    "read_only": (409, "read_only"),
+    "no_space": (413, "no_space"),
+}
+
+
+_STRERRORS: dict[str, tuple[int, str]] = {
+    os.strerror(errno.EEXIST): (409, "path_conflict"),
+    os.strerror(errno.ENOTDIR): (409, "path_conflict"),
+    os.strerror(errno.EISDIR): (409, "path_conflict"),
+    os.strerror(errno.ENOTEMPTY): (409, "path_conflict"),
+    os.strerror(errno.ENAMETOOLONG): (400, "invalid_path"),
+    os.strerror(errno.EFBIG): (413, "file_too_large"),
+}
+
+
+class FileError(SandkastenError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
 async def _fs(call: Awaitable[T]) -> T:
-    """Await a sandbox file operation; its "no such file" becomes 404 ``file_not_found``."""
+    """Await a sandbox file operation, giving its failures the API's statuses and codes."""
     try:
         return await call
     except FileNotFoundError as e:
-        raise with_code(
-            NotFoundError(f"no such file or directory: {e.filename or ''}"), "file_not_found"
-        ) from None
+        msg = f"no such file or directory: {e.filename or ''}"
+        raise FileError(404, "file_not_found", msg) from None
     except SandkastenError as e:
-        if e.status == 404:
-            raise with_code(NotFoundError(e.message, hint=e.hint), "file_not_found") from None
+        if e.code in FILE_ERRORS:
+            raise FileError(*FILE_ERRORS[e.code], e.message) from None
+        if e.code == "io_error":
+            # The runner reports errnos it has no code for as io_error "<path>: <strerror>";
+            # those that describe the request, not a fault, keep their meaning here.
+            for text, (status, code) in _STRERRORS.items():
+                if e.message.endswith(text):
+                    raise FileError(status, code, e.message) from None
         raise
 
 
@@ -89,7 +123,7 @@ def _check_path(path: str) -> str:
     "/{session_id}/fs/write",
     response_model=WriteOut,
     summary="Write a file",
-    responses=responses(NOT_FOUND, TOO_LARGE),
+    responses=responses(NOT_FOUND, FORBIDDEN, CONFLICT, TOO_LARGE),
 )
 async def write_file(m: Manager, session_id: str, body: WriteFile) -> WriteOut:
     sandbox = m.sandbox(session_id)
@@ -103,7 +137,7 @@ async def write_file(m: Manager, session_id: str, body: WriteFile) -> WriteOut:
     "/{session_id}/fs/read",
     response_model=ReadOut,
     summary="Read a file",
-    responses=responses(NOT_FOUND),
+    responses=responses(NOT_FOUND, FORBIDDEN, CONFLICT),
 )
 async def read_file(
     m: Manager,
@@ -122,7 +156,7 @@ async def read_file(
     "/{session_id}/fs/list",
     response_model=ListOut,
     summary="List a directory",
-    responses=responses(NOT_FOUND),
+    responses=responses(NOT_FOUND, FORBIDDEN, CONFLICT),
 )
 async def list_dir(
     m: Manager,
@@ -158,14 +192,14 @@ def part_name(p: UploadFile) -> str:
     "/{session_id}/fs/upload",
     response_model=UploadOut,
     summary="Upload files (multipart: 'file'/'files', optional target directory 'path')",
-    responses=responses(NOT_FOUND, TOO_LARGE),
+    responses=responses(NOT_FOUND, FORBIDDEN, CONFLICT, TOO_LARGE),
 )
 async def upload(
     m: Manager,
     session_id: str,
     file: Annotated[list[UploadFile], File(default_factory=list)],
     files: Annotated[list[UploadFile], File(default_factory=list)],
-    path: str = Form("/workspace", min_length=1, max_length=4096, pattern=PATH_PATTERN),
+    path: str = Form("/workspace", max_length=4096, pattern=PATH_PATTERN),
 ) -> UploadOut:
     sandbox = m.sandbox(session_id)
     out = []
@@ -192,7 +226,7 @@ def sandbox_root(sandbox: object) -> Path:
     "/{session_id}/fs/archive",
     response_class=StreamingResponse,
     summary="Download a directory or file as a tar stream",
-    responses={**TAR_DOC, **responses(NOT_FOUND)},
+    responses={**TAR_DOC, **responses(NOT_FOUND, FORBIDDEN, CONFLICT)},
 )
 async def archive(
     m: Manager,

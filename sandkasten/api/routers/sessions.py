@@ -49,14 +49,17 @@ async def list_sessions(m: Manager) -> list[SessionOut]:
     "/{session_id}",
     response_model=SessionOut,
     summary="Get a session",
-    responses=responses(NOT_FOUND),
+    responses=responses(NOT_FOUND, CONFLICT),
 )
 async def get_session(m: Manager, session_id: str) -> SessionOut:
     return session_out(m.get(session_id))
 
 
 @router.delete(
-    "/{session_id}", response_model=Ok, summary="Destroy a session", responses=responses(NOT_FOUND)
+    "/{session_id}",
+    response_model=Ok,
+    summary="Destroy a session",
+    responses=responses(NOT_FOUND, CONFLICT),
 )
 async def destroy_session(m: Manager, session_id: str) -> Ok:
     await m.destroy(session_id)
@@ -67,7 +70,7 @@ async def destroy_session(m: Manager, session_id: str) -> Ok:
     "/{session_id}/stats",
     response_model=StatsOut,
     summary="cgroup usage",
-    responses=responses(NOT_FOUND),
+    responses=responses(NOT_FOUND, CONFLICT),
 )
 async def session_stats(m: Manager, session_id: str) -> StatsOut:
     s = await m.sandbox(session_id).stats()

@@ -29,7 +29,7 @@ from sandkasten.api.models import (
     WriteOut,
 )
 from sandkasten.api.routers.files import TAR_DOC, decode_content, part_name, upload_parts
-from sandkasten.errors import ConflictError, UnprocessableError, ValidationError, with_code
+from sandkasten.errors import ConflictError, UnprocessableError, with_code
 from sandkasten.session import hostfs
 from sandkasten.session.manager import SessionManager, iso
 
@@ -51,14 +51,15 @@ def _enabled(m: SessionManager) -> None:
 
 
 def in_workspace(path: str) -> str:
-    """A path as sessions see it (``/workspace/a/b`` or ``a/b``) → relative to the workspace."""
-    if path.startswith("/"):
-        if path != "/workspace" and not path.startswith("/workspace/"):
-            raise with_code(
-                ValidationError(f"path must be inside /workspace: {path}"), "invalid_path"
-            )
+    """A path as sessions see it → relative to the workspace root.
+
+    ``/workspace/a/b`` and ``a/b`` name the same file; any other absolute path is read
+    inside the workspace as if it were ``/`` (``/a/b`` is ``a/b``), and ``..`` never climbs
+    above it.
+    """
+    if path == "/workspace" or path.startswith("/workspace/"):
         path = path[len("/workspace") :]
-    return path.lstrip("/")
+    return "/".join(hostfs.clean_relpath(path, clamp=True))
 
 
 def _open_root(p: Path) -> int:
@@ -113,12 +114,11 @@ def _write(root: Path, path: str, data: bytes | IO[bytes], mode: int) -> int:
     "/{workspace_id}/fs/write",
     response_model=WriteOut,
     summary="Write a file into a workspace (created if new)",
-    responses=responses(TOO_LARGE, POLICY),
+    responses=responses(CONFLICT, TOO_LARGE, POLICY),
 )
 async def write_file(m: Manager, workspace_id: WorkspaceId, body: WriteFile) -> WriteOut:
     _enabled(m)
     rel = in_workspace(body.path)
-    hostfs.clean_relpath(rel)
     data = decode_content(body)
     root = await anyio.to_thread.run_sync(m.workspaces.ensure, workspace_id)
     n = await anyio.to_thread.run_sync(_write, root, rel, data, body.mode or 0o644)
@@ -129,18 +129,17 @@ async def write_file(m: Manager, workspace_id: WorkspaceId, body: WriteFile) -> 
     "/{workspace_id}/fs/upload",
     response_model=UploadOut,
     summary="Upload files into a workspace (multipart 'file'/'files', optional 'path')",
-    responses=responses(TOO_LARGE, POLICY),
+    responses=responses(CONFLICT, TOO_LARGE, POLICY),
 )
 async def upload(
     m: Manager,
     workspace_id: WorkspaceId,
     file: Annotated[list[UploadFile], File(default_factory=list)],
     files: Annotated[list[UploadFile], File(default_factory=list)],
-    path: str = Form("/workspace", min_length=1, max_length=4096, pattern=PATH_PATTERN),
+    path: str = Form("/workspace", max_length=4096, pattern=PATH_PATTERN),
 ) -> UploadOut:
     _enabled(m)
     base = in_workspace(path)
-    hostfs.clean_relpath(base)
     parts = upload_parts(file, files)
     root = await anyio.to_thread.run_sync(m.workspaces.ensure, workspace_id)
     out = []
@@ -203,7 +202,7 @@ class _BodyReader(io.RawIOBase):
             "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
         }
     },
-    responses=responses(POLICY),
+    responses=responses(CONFLICT, TOO_LARGE, POLICY),
 )
 async def import_archive(m: Manager, workspace_id: WorkspaceId, request: Request) -> ImportOut:
     _enabled(m)

@@ -5,18 +5,20 @@ a Python start-up per session costs tens of milliseconds. The fork server is sta
 (``python -m sandkasten.runtime.linux.forkserver``), imports every module a sandbox needs,
 and then only forks. Creating a session:
 
-    fork server ──fork──▶ setup process: setsid, stdio → /dev/null, join the cgroup,
-                          unshare (mnt uts ipc net cgroup pid), make "/" private,
-                          bind sessions/<id>/runner.sock (a host path, so a restarted
-                          daemon can reconnect), then
-                ──fork──▶ PID 1: hostname, lo up, overlay, pivot_root, /proc /dev /tmp
-                          /workspace, /etc files; non-dumpable; serves the runner.
-    the setup process reports PID 1's host pid and exits at once, so PID 1 is re-parented
-    to the host's init: a sandbox outlives the daemon and the fork server (SIGKILL included).
+    fork server: unshare(CLONE_NEWPID), fork, setns back to its own pid namespace
+        └─▶ PID 1 of the new pid namespace: setsid, stdio → /dev/null, join the cgroup
+            (first, so every process of the sandbox starts in it), unshare (mnt uts ipc
+            net cgroup), make "/" private, bind sessions/<id>/runner.sock (a host path,
+            so a restarted daemon can reconnect), hostname, lo up, overlay, pivot_root,
+            /proc /dev /tmp /workspace, /etc files; reports ready; non-dumpable; serves.
+    The fork server is a child subreaper and PID 1's parent; if it dies, PID 1 moves on to
+    the next subreaper or the host's init: a sandbox outlives the daemon and the fork
+    server (SIGKILL included).
 
 Wire format with the daemon (a private socketpair, both ends trusted): length-prefixed
-pickles. Request ``(req_id, CreateRequest)``; reply ``(req_id, pid | None, error | None)``.
-Requests are handled concurrently: each setup reports on its own pipe, watched by select.
+pickles. Request ``(req_id, CreateRequest)``; reply ``(req_id, pid | None, error | None,
+stamps)``. Requests are handled concurrently: each PID 1 reports on its own pipe, watched
+by select, and the reply goes out as soon as it says ready.
 The fork server exits when the daemon's end closes.
 """
 
@@ -44,7 +46,7 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import caps, cgjoin, mounts, seccomp
+from sandkasten.runtime.linux import cgjoin, mounts, seccomp, state, threaddrop
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
@@ -55,8 +57,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass
 class _Pending:
     req_id: int
-    child: int  # the setup process
-    pid: int | None = None
+    child: int  # PID 1 of the sandbox (its host pid)
     error: str | None = None
     ready: bool = False
     buf: bytes = field(default=b"")
@@ -78,22 +79,43 @@ def runner_env(spec: SessionSpec, hostname: str) -> dict[str, str]:
 
 
 class _Hardening:
-    """Runs in each user child right before execve: drop every privilege, then seccomp."""
+    """Runs in the runner thread that spawns a user process, right before ``posix_spawn``:
+    drop every privilege of that thread (only that thread: PID 1 keeps root), then load
+    the seccomp filter on it (per thread: prctl, no TSYNC). The child inherits both."""
 
     def __init__(self, flt: seccomp.PreparedFilter) -> None:
         self.flt = flt
 
     def __call__(self) -> None:
-        caps.drop_privileges(pl.SANDBOX_UID, pl.SANDBOX_GID)
+        threaddrop.drop_thread_privileges(pl.SANDBOX_UID, pl.SANDBOX_GID)
         self.flt.load()
 
 
-def _pid1(ops: list[pl.Op], ctx: mounts.Context, listener: socket.socket, report: int,
-          spec: SessionSpec, flt: seccomp.PreparedFilter) -> None:
-    stamps: Stamps = [("pid1", time.perf_counter_ns())]
+def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
+          flt: seccomp.PreparedFilter, stamps: Stamps) -> None:
+    """PID 1 of a new sandbox, right after the fork (see the module docstring). Never returns.
+
+    ``ops`` (the plan after ForkPid1) and ``tasks`` (see ``cgjoin``) were computed by the
+    fork server before the fork: Python work after a fork copies every page it touches.
+    """
+    stamps.append(("pid1", time.perf_counter_ns()))
     try:
+        old_wakeup = signal.set_wakeup_fd(-1)
+        if old_wakeup >= 0:
+            os.close(old_wakeup)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        ctx = mounts.Context(
+            join_cgroup=(lambda _name: cgjoin.join_self(req.cgroup, tasks))
+            if req.cgroup else None)
         mounts.execute(ops, ctx, stamps)
         ctx.close()
+        assert ctx.listener is not None
+        spec = req.spec
         cfg = runner.server.RunnerConfig(
             env=runner_env(spec, pl.hostname_for(spec.id)), uid=pl.SANDBOX_UID,
             gid=pl.SANDBOX_GID, workdir="/workspace", shell_prefer=list(spec.shell_prefer),
@@ -107,7 +129,7 @@ def _pid1(ops: list[pl.Op], ctx: mounts.Context, listener: socket.socket, report
         _report(report, {"ready": True, "t": stamps})
         os.close(report)
 
-    runner.server.serve_pid1(listener, cfg, ready)
+    runner.server.serve_pid1(ctx.listener, cfg, ready)
     os._exit(0)
 
 
@@ -116,50 +138,9 @@ def _report(fd: int, msg: dict[str, object]) -> None:
         os.write(fd, json.dumps(msg).encode() + b"\n")
 
 
-def _setup(req: CreateRequest, ops: list[pl.Op], tasks: list[str], report: int,
-           flt: seccomp.PreparedFilter) -> None:
-    """The setup process (see the module docstring). Never returns.
-
-    ``ops`` (the plan) and ``tasks`` (see ``cgjoin``) were computed by the fork server before
-    the fork: Python work after a fork copies every page whose objects it touches.
-    """
-    stamps: Stamps = [("setup", time.perf_counter_ns())]
-    gc.disable()  # a short-lived process: a collection would only copy pages
-    try:
-        old_wakeup = signal.set_wakeup_fd(-1)
-        if old_wakeup >= 0:
-            os.close(old_wakeup)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.setsid()
-        devnull = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
-        paths = pl.SessionPaths(Path(req.session_dir))
-        split = ops.index(pl.ForkPid1())
-        ctx = mounts.Context(
-            join_cgroup=(lambda _name: cgjoin.join_self(req.cgroup, tasks))
-            if req.cgroup else None)
-        mounts.execute(ops[:split], ctx, stamps)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(paths.socket)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(paths.socket))
-        os.chmod(paths.socket, 0o600)
-        listener.listen(128)
-        stamps.append(("listen", time.perf_counter_ns()))
-        pid = os.fork()
-        if pid == 0:
-            _pid1(ops[split + 1:], ctx, listener, report, req.spec, flt)
-        _report(report, {"pid": pid, "t": stamps})
-        os._exit(0)
-    except BaseException as e:
-        _report(report, {"error": str(e)})
-        os._exit(1)
-
-
 class ForkServer:
     def __init__(self, control: socket.socket, wakeup: int) -> None:
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.control = control
         self.wakeup = wakeup  # readable when SIGCHLD arrived
         self.pending: dict[int, _Pending] = {}  # report pipe fd -> state
@@ -179,50 +160,86 @@ class ForkServer:
         try:
             ops = pl.plan_session(req.spec, pl.SessionPaths(Path(req.session_dir)),
                                   req.cgroup.name if req.cgroup else None)
+            assert ops[0] == pl.ForkPid1()
             tasks = cgjoin.v1_task_files(req.cgroup)
         except Exception as e:
             send_obj(self.control, (req_id, None, f"plan: {e}", []))
             return
-        r, w = os.pipe2(os.O_CLOEXEC)
         t_fork = time.perf_counter_ns()
-        child = os.fork()
-        if child == 0:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            # The next child is PID 1 of a new pid namespace; then straight back to our
+            # own, so that no later child lands there.
+            ns.unshare(ns.CLONE_NEWPID)
+            try:
+                child = os.fork()
+            except BaseException:
+                self._restore_pidns()
+                raise
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            send_obj(self.control, (req_id, None, f"fork of PID 1: {e}", []))
+            return
+        if child != 0:
+            self._restore_pidns()
+        else:
             os.close(r)
             os.close(self.wakeup)
+            os.close(self.own_pidns)  # a host namespace fd never enters a sandbox
             self.control.close()
             for fd in self.pending:
                 os.close(fd)
-            _setup(req, ops, tasks, w, flt)
+            gc.disable()  # until the runner serves: a collection would only copy pages
+            _pid1(req, ops[1:], w, tasks, flt, [("forkserver", t_fork)])
         os.close(w)
-        self.pending[r] = _Pending(req_id, child, stamps=[("forkserver", t_fork)])
+        try:
+            # while PID 1 sets up: a restarted daemon finds the sandbox by this file
+            state.write_state(str(pl.SessionPaths(Path(req.session_dir)).state), req.spec.id,
+                              child, req.cgroup.name if req.cgroup else None)
+        except OSError as e:
+            os.close(r)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)  # ``reap`` collects it
+            send_obj(self.control, (req_id, None, f"state.json: {e}", []))
+            return
+        self.pending[r] = _Pending(req_id, child)
+
+    def _restore_pidns(self) -> None:
+        try:
+            ns.setns(self.own_pidns, ns.CLONE_NEWPID)
+        except OSError:
+            # every later child would share a sandbox's pid namespace: stop serving (the
+            # daemon starts a fresh fork server on its next create)
+            os._exit(70)
 
     def on_report(self, fd: int) -> None:
+        """A line from a PID 1 in setup: ready (reply at once) or an error; EOF ends it."""
         st = self.pending[fd]
         data = os.read(fd, 65536)
         st.buf += data
         *lines, st.buf = st.buf.split(b"\n")
         for line in lines:
             msg = json.loads(line)
-            if "pid" in msg:
-                st.pid = int(msg["pid"])
             if "ready" in msg:
                 st.ready = True
             st.stamps += [(str(k), int(v)) for k, v in msg.get("t", ())]
             if "error" in msg and st.error is None:
                 st.error = str(msg["error"])
-        if data:
+        if st.ready and not st.error:
+            del self.pending[fd]
+            os.close(fd)
+            st.stamps.append(("reported", time.perf_counter_ns()))
+            send_obj(self.control, (st.req_id, st.child, None,
+                                    sorted(st.stamps, key=lambda s: s[1])))
             return
+        if data and st.error is None:
+            return
+        # PID 1 failed or died during setup: make sure it is gone (``reap`` collects it)
         del self.pending[fd]
         os.close(fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(st.child, 0)
-        if st.ready and st.pid and not st.error:
-            st.stamps.append(("reported", time.perf_counter_ns()))
-            send_obj(self.control, (st.req_id, st.pid, None, sorted(st.stamps, key=lambda s: s[1])))
-            return
-        if st.pid:  # PID 1 failed or died during setup: make sure it is gone
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(st.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(st.child, signal.SIGKILL)
         send_obj(self.control, (st.req_id, None, st.error or "sandbox setup ended early", []))
 
     def reap(self) -> None:

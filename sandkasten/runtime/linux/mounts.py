@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ def _describe(op: pl.Op) -> str:
 class Context:
     join_cgroup: Callable[[str], None] | None = None
     fds: dict[str, int] = field(default_factory=dict)
+    listener: socket.socket | None = None  # made by Listen, kept by the caller
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -106,6 +108,18 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         ns.unshare(op.flags)
     elif isinstance(op, pl.MakePrivate):
         ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
+    elif isinstance(op, pl.Listen):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(op.path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(op.path)
+            os.chmod(op.path, 0o600)
+            listener.listen(128)
+        except BaseException:
+            listener.close()
+            raise
+        ctx.listener = listener
     elif isinstance(op, pl.SetHostname):
         ns.sethostname(op.name)
     elif isinstance(op, pl.LoopbackUp):

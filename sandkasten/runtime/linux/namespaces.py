@@ -1,6 +1,6 @@
 """Thin ctypes bindings to the libc calls Python 3.11 lacks.
 
-unshare, mount, umount2, pivot_root (by syscall number), sethostname, prctl, mknod is in
+unshare, setns, mount, umount2, pivot_root (by syscall number), sethostname, prctl, mknod is in
 ``os``. Each raises OSError with the errno and the call named, so a failed setup step says
 which step failed. Loaded before a process enters a sandbox; calls import nothing.
 """
@@ -8,10 +8,8 @@ which step failed. Loaded before a process enters a sandbox; calls import nothin
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
-import platform
 import socket
 import struct
 
@@ -38,14 +36,15 @@ PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
-                   "s390x": 217}.get(platform.machine(), 155)
+                   "s390x": 217}.get(os.uname().machine, 155)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded (not ctypes.util: 8 modules)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 
@@ -58,6 +57,10 @@ def _check(ret: int, what: str) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,

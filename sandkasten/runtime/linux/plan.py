@@ -3,12 +3,15 @@
 The plan is data, so it is tested without root; ``mounts.execute`` runs it in one place.
 Order matters and is part of the contract:
 
-  host stage (the forked setup process, still on the host's root)
-    JoinCgroup      before CLONE_NEWCGROUP, so the session's cgroup is its cgroup root
-    Unshare         mount, uts, ipc, net, cgroup and pid (pid applies to children)
+  fork server
+    ForkPid1        unshare(CLONE_NEWPID), fork, setns back: the child is PID 1 of a new
+                    pid namespace, and the fork server's next children are not
+  PID 1, still on the host's root
+    JoinCgroup      first, and before CLONE_NEWCGROUP, so every process the sandbox ever
+                    has starts in the session's cgroup and that cgroup is its cgroup root
+    Unshare         mount, uts, ipc, net and cgroup
     MakePrivate     MS_PRIVATE|MS_REC on "/": nothing mounted later propagates to the host
-    ForkPid1        the child is PID 1 of the new pid namespace; the parent reports and exits
-  PID 1 stage
+    Listen          bind sessions/<id>/runner.sock on the host (a restarted daemon finds it)
     SetHostname, LoopbackUp
     MountOverlay    image layers (lowerdir, top first) + session upper/work → merged
     OpenBindSource  open the workspace on the host by fd (O_PATH) before the host goes away
@@ -56,6 +59,13 @@ class MakePrivate:
 @dataclass(frozen=True)
 class ForkPid1:
     pass
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Bind and listen on the runner's Unix socket (a host path, mode 0600)."""
+
+    path: str
 
 
 @dataclass(frozen=True)
@@ -151,9 +161,9 @@ class RemountReadonly:
     path: str = "/"
 
 
-Op = (JoinCgroup | Unshare | MakePrivate | ForkPid1 | SetHostname | LoopbackUp | MountOverlay
-      | OpenBindSource | PivotRoot | Mount | BindFd | ReadonlyBind | MaskFile | MakeDevice
-      | Symlink | WriteFile | EnsureUser | RemountReadonly)
+Op = (JoinCgroup | Unshare | MakePrivate | ForkPid1 | Listen | SetHostname | LoopbackUp
+      | MountOverlay | OpenBindSource | PivotRoot | Mount | BindFd | ReadonlyBind | MaskFile
+      | MakeDevice | Symlink | WriteFile | EnsureUser | RemountReadonly)
 
 
 @dataclass(frozen=True)
@@ -208,8 +218,9 @@ def overlay_options(layers: list[Path], upper: Path, work: Path) -> str:
     return opts
 
 
+# CLONE_NEWPID is ForkPid1's: the fork server creates the pid namespace with PID 1 in it
 NS_FLAGS = (ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWNET
-            | ns.CLONE_NEWCGROUP | ns.CLONE_NEWPID)
+            | ns.CLONE_NEWCGROUP)
 _NOSUID_NODEV = ns.MS_NOSUID | ns.MS_NODEV
 _PROC_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 _PROC_MASKED = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
@@ -233,13 +244,13 @@ def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None) -> 
     """The full, ordered list of setup operations for ``spec``."""
     hostname = hostname_for(spec.id)
     workspace = spec.workspace_dir if spec.workspace_dir is not None else paths.workspace
-    ops: list[Op] = []
+    ops: list[Op] = [ForkPid1()]
     if cgroup is not None:
         ops.append(JoinCgroup(cgroup))
     ops += [
         Unshare(NS_FLAGS),
         MakePrivate(),
-        ForkPid1(),
+        Listen(str(paths.socket)),
         SetHostname(hostname),
         LoopbackUp(),
         MountOverlay(str(paths.merged), overlay_options(spec.layer_paths, paths.upper,

@@ -43,6 +43,13 @@ _PROBE = {
 }
 
 
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
 def mounted_controllers(fs: CgroupFS, root: Path) -> list[str]:
     """v1 controllers mounted at ``<root>/<controller>``."""
     found = []
@@ -58,17 +65,31 @@ class V1Cgroup(Cgroup):
         self.fs = fs
         self.dirs = dirs  # controller -> this cgroup's directory in its hierarchy
         self.name = name
+        # One directory per hierarchy (co-mounted controllers share one), resolved now so
+        # that add_process, which runs on the session creation path, does no lookups.
+        seen: dict[str, Path] = {}
+        for d in dirs.values():
+            seen.setdefault(os.path.realpath(d), d)
+        self.hierarchies = list(seen.values())
 
     def _unique_dirs(self) -> list[Path]:
-        seen: dict[str, Path] = {}
-        for d in self.dirs.values():
-            seen.setdefault(os.path.realpath(d), d)
-        return list(seen.values())
+        return self.hierarchies
 
     def add_process(self, pid: int) -> None:
-        for d in self._unique_dirs():
+        """Move ``pid`` into this cgroup in every hierarchy.
+
+        Fast path: a single-threaded process moving itself writes "0" to ``tasks``. Moving a
+        whole thread group (``cgroup.procs``) takes the kernel's global
+        cgroup_threadgroup_rwsem for writing, which waits for an RCU grace period (10-20 ms
+        here); moving the calling thread alone does not take it (measured on 6.18), and for a
+        single-threaded process the thread is the process.
+        """
+        target, value = "cgroup.procs", str(pid)
+        if pid == os.getpid() and _single_threaded():
+            target, value = "tasks", "0"
+        for d in self.hierarchies:
             try:
-                self.fs.write(d / "cgroup.procs", str(pid))
+                self.fs.write(d / target, value)
             except OSError as e:
                 raise CgroupError(f"cannot move pid {pid} into {d}: {e.strerror}") from e
 
