@@ -6,7 +6,7 @@
 Creates ``--runs`` sandboxes one after the other (cpu 1, 512 MiB, 256 pids, like
 bench_sandbox.py), each followed by its first exec of ``python3 -c 'print(2+2)'`` (``echo 4``
 on busybox), and prints the median time at which each setup step ended, counted from the
-create request (stamps from the fork server, the setup process and PID 1, all on
+create request (stamps from the fork server and PID 1, all on
 CLOCK_MONOTONIC), the median duration of each step, the first exec, and the whole cold
 create + first exec. A bwrap run of the same command on the same rootfs is interleaved with
 ours, so both see the same load. Finally it reports the unique memory (PSS from

@@ -1,4 +1,4 @@
-"""Move the setup process into its session's cgroup without waiting for the kernel.
+"""Move a new PID 1 into its session's cgroup without waiting for the kernel.
 
 Writing a pid to ``cgroup.procs`` migrates a whole thread group, and for that the kernel
 write-locks ``cgroup_threadgroup_rwsem``, a per-cpu rwsem whose write side waits for an RCU
@@ -8,9 +8,9 @@ kind of host, the largest single cost of a cold create on cgroup v1.
 On cgroup v1 a single thread can be moved instead, by writing ``0`` (the caller) to a
 hierarchy's ``tasks`` file. The kernel takes the global lock only to keep a thread group
 stable, which moving the caller's own thread does not need, so no grace period is waited
-for. The setup process is a fork of the single-threaded fork server, so it has exactly one
-thread: moving that thread moves the process, and everything it forks afterwards (PID 1,
-every user command) starts in the session's cgroup.
+for. PID 1 is a fresh fork of the single-threaded fork server, so it has exactly one
+thread: moving that thread moves the process, and everything it starts afterwards (the
+runner's threads, every user command) starts in the session's cgroup.
 
 cgroup v2 refuses thread moves between domain cgroups; there (and when anything on v1 is
 unexpected) the ordinary ``Cgroup.add_process`` is used.

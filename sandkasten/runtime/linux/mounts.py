@@ -1,7 +1,7 @@
 """Execute a session plan (``plan.plan_session``): the one place that mounts with privilege.
 
 ``execute(ops, ctx)`` runs ops in order and raises ``SetupStepError`` naming the failed op.
-Runs in the forked setup process and in PID 1 before the runner starts; it imports nothing
+Runs in PID 1 before the runner starts (a fresh fork of the fork server); it imports nothing
 at call time (everything is imported when the fork server loads this module).
 """
 

@@ -24,7 +24,7 @@ Stamps = list[tuple[str, int]]
 class CreateRequest:
     spec: SessionSpec
     session_dir: str
-    cgroup: Any = None  # a cgroups.Cgroup (picklable): the setup process joins it
+    cgroup: Any = None  # a cgroups.Cgroup (picklable): PID 1 joins it first
 
 
 def send_obj(sock: socket.socket, obj: object) -> None:
