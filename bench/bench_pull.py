@@ -105,11 +105,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--layers", type=int, default=5, help="layers of the multi-layer image")
+    ap.add_argument("--dir", default="/var/tmp",
+                    help="where stores and bundles go (a disk; /dev/shm for tmpfs)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: layers keep owners and overlay whiteouts")
     rootfs = debian_python_tar().read_bytes()
-    work = Path(tempfile.mkdtemp(prefix="bench-pull-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="bench-pull-", dir=args.dir))
     reg = LocalRegistry().start()
     try:
         single = push_image(reg, "bench/debian", "single", [rootfs])
@@ -128,7 +130,8 @@ def main() -> None:
             size = sum(len(b) for b in image.blobs.values())
             rows.append((label, size, med, results))
         print(f"\nmachine: {os.cpu_count()} CPUs, {_cpu_model()}, kernel {os.uname().release}")
-        print(f"repetitions: {args.reps} (median), rootfs {len(rootfs) / 1e6:.0f} MB tar\n")
+        print(f"repetitions: {args.reps} (median), rootfs {len(rootfs) / 1e6:.0f} MB tar, "
+              f"target {args.dir} ({_fstype(work)}), load average {os.getloadavg()[0]:.1f}\n")
         print(f"{'image':<28} {'gzip MB':>8} {'sandkasten':>11} {'skopeo+umoci':>13} "
               f"{'GNU tar':>8} {'ratio':>6}")
         for label, size, med, _ in rows:
@@ -150,6 +153,15 @@ def _write_blobs(image: PushedImage, work: Path) -> list[Path]:
         p.write_bytes(image.blobs[digest])
         out.append(p)
     return out
+
+
+def _fstype(path: Path) -> str:
+    best, fstype = "", "?"
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        parts = line.split()
+        if str(path).startswith(parts[1]) and len(parts[1]) >= len(best):
+            best, fstype = parts[1], parts[2]
+    return fstype
 
 
 def _cpu_model() -> str:

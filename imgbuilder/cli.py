@@ -60,6 +60,9 @@ def import_command(
     )] = None,
     flatten: Annotated[bool, typer.Option(
         "--flatten", help="Store the image as one layer with all layers merged.")] = False,
+    fsync: Annotated[bool, typer.Option(
+        "--fsync/--no-fsync", help="Flush layers to disk before publishing them (survives a "
+        "power loss; --no-fsync still survives a crash or kill).")] = True,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -71,10 +74,10 @@ def import_command(
     store = open_store(data_dir, config)
     check_layer_filesystem(store.layers_dir)
     with store.shared_lock():
-        rec = import_image(store, tar, name, ref=ref, plat=platform)
+        rec = import_image(store, tar, name, ref=ref, plat=platform, sync=fsync)
         rec.name = name
         if flatten or len(rec.layers) > max_layers(store):
-            rec = flatten_image(store, rec)
+            rec = flatten_image(store, rec, sync=fsync)
         store.write_image(rec)
     print(f"imported {name}: {len(rec.layers)} layer(s), {human_size(rec.size)}, "
           f"digest {rec.digest}")

@@ -65,7 +65,14 @@ def reported_errors() -> Iterator[None]:
                  hint="free space in the data directory, or run `imgbuilder prune`")
         if e.errno in (errno.EACCES, errno.EPERM):
             fail(f"permission denied: {e.filename or e.strerror}", hint="run it with sudo")
+        if e.errno == errno.ENOENT and e.filename:
+            fail(f"no such file or directory: {e.filename}")
         fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except Exception as e:
+        if os.environ.get("SANDKASTEN_DEBUG"):
+            raise
+        fail(f"unexpected {type(e).__name__}: {e}",
+             hint="this is a bug; run again with SANDKASTEN_DEBUG=1 for a traceback")
 
 
 def errors(fn: Callable[..., T]) -> Callable[..., T]:

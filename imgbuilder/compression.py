@@ -16,13 +16,18 @@ cross-check: bytes that are neither gzip, zstd nor a tar header are a corrupt la
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
+import os
 import queue
+import shutil
+import subprocess
 import threading
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import zstandard
 
@@ -130,6 +135,93 @@ class _Unzstd:
         return b""
 
 
+ZSTD_BIN = shutil.which("zstd")
+_F_SETPIPE_SZ = 1031
+
+
+class _ZstdProcess:
+    """``zstd -dcq`` in a child process, read like a file.
+
+    Decompressing outside the interpreter keeps it off the GIL, so it runs truly in
+    parallel with the untar, as GNU tar runs zstd. A regular file is handed to the child
+    directly; any other source is fed through a pipe by a thread.
+    """
+
+    def __init__(self, source: Readable | BinaryIO, head: bytes) -> None:
+        self.count = 0
+        self._error: BaseException | None = None
+        self._feeder: threading.Thread | None = None
+        stdin: Any = subprocess.PIPE
+        try:
+            start = source.tell() - len(head)  # type: ignore[union-attr]
+            source.fileno()  # type: ignore[union-attr]
+            source.seek(start)  # type: ignore[union-attr]
+            self.count = os.fstat(source.fileno()).st_size - start  # type: ignore[union-attr]
+            stdin = source
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            stdin = subprocess.PIPE
+        self.proc = subprocess.Popen([ZSTD_BIN or "zstd", "-dcq"], stdin=stdin,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self._out = self.proc.stdout.fileno()
+        with contextlib.suppress(OSError):  # bigger pipe: fewer, larger reads
+            fcntl.fcntl(self._out, _F_SETPIPE_SZ, CHUNK)
+        if stdin is subprocess.PIPE:
+            self._feeder = threading.Thread(target=self._feed, args=(source, head),
+                                            name="zstd-feed", daemon=True)
+            self._feeder.start()
+
+    def _feed(self, source: Readable | BinaryIO, first: bytes) -> None:
+        assert self.proc.stdin is not None
+        try:
+            chunk = first
+            while chunk:
+                self.count += len(chunk)
+                self.proc.stdin.write(chunk)
+                chunk = source.read(CHUNK)
+        except BrokenPipeError:
+            pass  # the child stopped (corrupt data or closed): reported by finish()
+        except BaseException as e:
+            self._error = e
+            self.proc.kill()
+        finally:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def read(self, size: int = CHUNK, /) -> bytes:
+        parts = []
+        got = 0
+        while got < size // 4:  # gather a large chunk: fewer hand-offs between threads
+            data = os.read(self._out, size - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        rc = self.proc.wait()
+        if self._feeder is not None:
+            self._feeder.join()
+        if self._error is not None:
+            raise self._error
+        if rc != 0:
+            assert self.proc.stderr is not None
+            msg = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise LayerError("corrupt or truncated zstd stream"
+                             + (f": {msg[-1]}" if msg else ""))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        if self._feeder is not None:
+            self._feeder.join(timeout=5)
+
+
 class DecompressedStream(io.RawIOBase):
     """A read-only stream of decompressed bytes, produced by a background thread.
 
@@ -151,23 +243,32 @@ class DecompressedStream(io.RawIOBase):
         self._pos = 0
         self._eof = False
         self._stop = threading.Event()
-        decoder: Callable[[bytes], bytes] | None
+        decoder: Callable[[bytes], bytes] | None = None
+        self._ext: _ZstdProcess | None = None
         if kind == "gzip":
             decoder = _Gunzip()
+        elif kind == "zstd" and ZSTD_BIN:
+            self._ext = _ZstdProcess(source, head)
+            source, head = self._ext, b""
         elif kind == "zstd":
             decoder = _Unzstd()
-        else:
-            decoder = None
+        # sha256 runs in its own thread: with zlib/zstd in the producer and the untar in
+        # the caller, the three stages overlap (hashlib releases the GIL too).
+        self._hash_queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        self._hasher = threading.Thread(target=self._hash_loop, name="diff-id", daemon=True)
+        self._hasher.start()
         self._thread = threading.Thread(
             target=self._produce, args=(source, decoder, head), name="decompress", daemon=True
         )
         self._thread.start()
 
-    # -- producer (background thread) ------------------------------------------------
-    def _put(self, item: bytes | BaseException | None) -> bool:
+    # -- producer and hasher (background threads) ------------------------------------
+    def _put(self, item: bytes | BaseException | None,
+             q: queue.Queue[Any] | None = None) -> bool:
+        q = self._queue if q is None else q
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.2)
+                q.put(item, timeout=0.2)
                 return True
             except queue.Full:
                 continue
@@ -176,14 +277,25 @@ class DecompressedStream(io.RawIOBase):
     def _emit(self, data: bytes) -> bool:
         if not data:
             return True
-        self._hash.update(data)
         self.uncompressed_bytes += len(data)
-        return self._put(data)
+        return self._put(data, self._hash_queue) and self._put(data)
+
+    def _hash_loop(self) -> None:
+        while True:
+            try:
+                item = self._hash_queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            self._hash.update(item)
 
     def _produce(self, source: Readable | BinaryIO, decoder: Callable[[bytes], bytes] | None,
                  head: bytes) -> None:
         try:
-            data = head
+            data = head or source.read(CHUNK)
             while data:
                 self.compressed_bytes += len(data)
                 out = decoder(data) if decoder is not None else data
@@ -196,6 +308,10 @@ class DecompressedStream(io.RawIOBase):
                 tail = decoder.finish()  # type: ignore[attr-defined]
                 if not self._emit(tail):
                     return
+            if self._ext is not None:
+                self._ext.finish()
+                self.compressed_bytes = self._ext.count
+            self._put(None, self._hash_queue)
             self._put(None)
         except zlib.error as e:
             self._put(LayerError(f"corrupt gzip stream: {e}"))
@@ -270,6 +386,7 @@ class DecompressedStream(io.RawIOBase):
         """``sha256:<hex>`` of the whole uncompressed stream; only once it was read to EOF."""
         if not self.at_eof():
             raise LayerError("diff_id asked before the stream was read to the end")
+        self._hasher.join()
         return "sha256:" + self._hash.hexdigest()
 
     def close(self) -> None:
@@ -281,7 +398,10 @@ class DecompressedStream(io.RawIOBase):
                     self._queue.get_nowait()
                 except queue.Empty:
                     break
+            if self._ext is not None:
+                self._ext.close()  # kills the child, which ends the producer's read
             self._thread.join(timeout=5)
+            self._hasher.join(timeout=5)
         super().close()
 
 

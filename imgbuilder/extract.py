@@ -25,35 +25,30 @@ proven otherwise):
 A later member replacing an earlier one of the same name behaves as tar does: a
 directory over a directory updates its metadata, anything else replaces the old entry.
 
-Speed: headers are parsed by the standard library's ``tarfile.TarInfo`` (PAX, GNU long
-names), while file contents go from the decompressor's buffers straight to ``os.write``
-on raw descriptors; directory descriptors are cached; chown is skipped when the owner
-is already right.
+Speed: members come from :mod:`imgbuilder.tarstream` (a fast path for plain headers,
+``tarfile`` for the rest); file contents go from the decompressor's buffers straight to
+``os.write`` on raw descriptors; directory descriptors are cached; chown and chmod are
+skipped when the kernel already set the right owner and mode.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import shutil
 import stat
-import tarfile
-import urllib.parse
-import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from imgbuilder.compression import Readable
 from imgbuilder.errors import LayerError, StoreError
+from imgbuilder.tarstream import Entry, Source, iter_members
 from imgbuilder.whiteout import OPAQUE_XATTR, classify, split_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_SIZE = 1 << 20
 _DIR_CACHE = 128
 
 
@@ -78,234 +73,6 @@ class ExtractStats:
         return asdict(self)
 
 
-class _Source:
-    """Sequential reader with the file-object subset ``TarInfo.fromtarfile`` uses."""
-
-    def __init__(self, stream: Readable | BinaryIO) -> None:
-        self._read = getattr(stream, "read1", None) or stream.read
-        self.buf = b""
-        self.mv = memoryview(self.buf)
-        self.pos = 0
-        self.offset = 0  # absolute position of buf[pos]
-
-    def _fill(self) -> bool:
-        data = self._read(_READ_SIZE)
-        if not data:
-            return False
-        self.buf = bytes(data) if not isinstance(data, bytes) else data
-        self.mv = memoryview(self.buf)
-        self.pos = 0
-        return True
-
-    def tell(self) -> int:
-        return self.offset
-
-    def peek(self, n: int) -> bytes:
-        """The next ``n`` bytes (fewer at EOF) without consuming them."""
-        end = self.pos + n
-        if end <= len(self.buf):
-            return self.buf[self.pos:end]
-        parts = [self.buf[self.pos:]]
-        have = len(parts[0])
-        while have < n:
-            data = self._read(_READ_SIZE)
-            if not data:
-                break
-            parts.append(bytes(data))
-            have += len(data)
-        self.buf = b"".join(parts)
-        self.mv = memoryview(self.buf)
-        self.pos = 0
-        return self.buf[:n]
-
-    def consume(self, n: int) -> None:
-        self.pos += n
-        self.offset += n
-
-    def read(self, n: int) -> bytes:
-        end = self.pos + n
-        if end <= len(self.buf):
-            out = self.buf[self.pos:end]
-            self.pos = end
-            self.offset += n
-            return out
-        parts = [self.buf[self.pos:]]
-        got = len(parts[0])
-        self.pos = len(self.buf)
-        while got < n and self._fill():
-            take = min(n - got, len(self.buf))
-            parts.append(self.buf[:take])
-            self.pos = take
-            got += take
-        self.offset += got
-        return b"".join(parts)
-
-    def skip_to(self, offset: int) -> None:
-        n = offset - self.offset
-        while n > 0:
-            avail = len(self.buf) - self.pos
-            if not avail:
-                if not self._fill():
-                    raise LayerError("truncated layer: unexpected end of tar data")
-                continue
-            k = min(avail, n)
-            self.pos += k
-            self.offset += k
-            n -= k
-
-    def copy_to(self, fd: int, n: int) -> None:
-        write = os.write
-        while n > 0:
-            avail = len(self.buf) - self.pos
-            if not avail:
-                if not self._fill():
-                    raise LayerError("truncated layer: unexpected end of tar data")
-                continue
-            k = avail if avail < n else n
-            view = self.mv[self.pos:self.pos + k]
-            done = write(fd, view)
-            while done < k:  # short writes happen on signals and nearly full disks
-                done += write(fd, view[done:])
-            self.pos += k
-            self.offset += k
-            n -= k
-
-    def drain(self) -> int:
-        """Read to EOF (so a hashing stream sees every byte); returns bytes skipped."""
-        skipped = len(self.buf) - self.pos
-        while self._fill():
-            skipped += len(self.buf)
-        self.pos = len(self.buf)
-        self.offset += skipped
-        return skipped
-
-
-class _TarShim:
-    """The attributes of ``TarFile`` that ``TarInfo.fromtarfile`` reads and writes."""
-
-    def __init__(self, source: _Source) -> None:
-        self.fileobj = source
-        self.encoding = "utf-8"
-        self.errors = "surrogateescape"
-        self.pax_headers: dict[str, str] = {}
-        self.offset = 0
-
-
-def _xattrs(pax: Mapping[str, str]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for key, value in pax.items():
-        if key.startswith("SCHILY.xattr."):
-            out[key[13:]] = value.encode("utf-8", "surrogateescape")
-        elif key.startswith("LIBARCHIVE.xattr."):
-            name = urllib.parse.unquote(key[17:])
-            out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
-    return out
-
-
-def _mtime_ns(ti: tarfile.TarInfo) -> int:
-    raw = ti.pax_headers.get("mtime")
-    if raw:  # keep PAX's nanoseconds, which a float would round
-        sec, _, frac = raw.partition(".")
-        try:
-            ns = int(sec) * 1_000_000_000
-            if frac:
-                ns += int((frac + "000000000")[:9]) * (-1 if sec.startswith("-") else 1)
-            return ns
-        except ValueError:
-            pass
-    return int(ti.mtime * 1_000_000_000)
-
-
-_REG_TYPES = frozenset((b"0", b"\0", b"7"))
-_FAST_TYPES = frozenset((b"0", b"\0", b"7", b"1", b"2", b"3", b"4", b"5", b"6"))
-_TYPE_OF_TARINFO = {tarfile.REGTYPE: b"0", tarfile.AREGTYPE: b"0", tarfile.CONTTYPE: b"0",
-                    tarfile.LNKTYPE: b"1", tarfile.SYMTYPE: b"2", tarfile.CHRTYPE: b"3",
-                    tarfile.BLKTYPE: b"4", tarfile.DIRTYPE: b"5", tarfile.FIFOTYPE: b"6"}
-
-
-class Entry:
-    """One tar member as the extractor needs it (``kind`` is the ustar type byte)."""
-
-    __slots__ = ("devmajor", "devminor", "gid", "kind", "linkname", "mode", "mtime_ns",
-                 "name", "size", "uid", "xattrs")
-
-    def __init__(self, name: str, kind: bytes, mode: int, uid: int, gid: int, size: int,
-                 mtime_ns: int, linkname: str = "", devmajor: int = 0, devminor: int = 0,
-                 xattrs: dict[str, bytes] | None = None) -> None:
-        self.name = name
-        self.kind = kind
-        self.mode = mode
-        self.uid = uid
-        self.gid = gid
-        self.size = size
-        self.mtime_ns = mtime_ns
-        self.linkname = linkname
-        self.devmajor = devmajor
-        self.devminor = devminor
-        self.xattrs = xattrs
-
-    @classmethod
-    def from_tarinfo(cls, ti: tarfile.TarInfo) -> Entry:
-        if ti.issparse():
-            raise LayerError(f"{ti.name!r}: sparse files are not supported")
-        kind = _TYPE_OF_TARINFO.get(ti.type)
-        if kind is None:
-            raise LayerError(f"{ti.name!r}: unsupported tar entry type {ti.type!r}")
-        return cls(ti.name, kind, ti.mode & 0o7777, ti.uid, ti.gid,
-                   ti.size if kind == b"0" else 0, _mtime_ns(ti), ti.linkname,
-                   ti.devmajor, ti.devminor, _xattrs(ti.pax_headers) or None)
-
-
-def _octal(field: bytes) -> int:
-    field = field.rstrip(b"\0 ")
-    return int(field, 8) if field else 0
-
-
-def _half_sum(block: bytes) -> int:
-    # adler32's low half is 1 + the byte sum mod 65521; 256 bytes sum to at most 65280,
-    # so each half of a header is summed exactly, in C.
-    return (zlib.adler32(block) & 0xFFFF) - 1
-
-
-def fast_header(buf: bytes) -> Entry | None:
-    """Parse a plain ustar/GNU header of a common type, or None to let tarfile do it.
-
-    Falls back (None) for PAX and GNU long-name headers, base-256 numbers, v7 headers and
-    bad checksums, so every unusual case goes through the standard library's parser.
-    """
-    kind = buf[156:157]
-    if kind not in _FAST_TYPES:
-        return None
-    magic = buf[257:265]
-    posix = magic == b"ustar\x0000"
-    if not posix and magic != b"ustar  \x00":
-        return None
-    if buf[124] & 0x80 or buf[136] & 0x80 or buf[108] & 0x80 or buf[116] & 0x80:
-        return None
-    try:
-        chk = _octal(buf[148:156])
-        if chk != _half_sum(buf[:256]) + _half_sum(buf[256:]) - _half_sum(buf[148:156]) + 256:
-            return None
-        name_b = buf[:100].split(b"\0", 1)[0]
-        if posix and buf[345]:
-            name_b = buf[345:500].split(b"\0", 1)[0] + b"/" + name_b
-        name = name_b.decode("utf-8", "surrogateescape")
-        if kind == b"\0" and name.endswith("/"):
-            kind = b"5"  # old tars mark directories only by the trailing slash
-        size = _octal(buf[124:136]) if kind in _REG_TYPES else 0
-        entry = Entry(name, b"0" if kind in _REG_TYPES else kind, _octal(buf[100:108]) & 0o7777,
-                      _octal(buf[108:116]), _octal(buf[116:124]), size,
-                      _octal(buf[136:148]) * 1_000_000_000)
-        if kind in b"12":
-            entry.linkname = buf[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif kind in b"34":
-            entry.devmajor = _octal(buf[329:337])
-            entry.devminor = _octal(buf[337:345])
-    except ValueError:
-        return None
-    return entry
-
-
 class _Extractor:
     def __init__(self, dest: Path) -> None:
         self.dest = dest
@@ -314,6 +81,7 @@ class _Extractor:
         # Directories' mode, owner, mtime and xattrs, applied after all content.
         self.dirs: dict[tuple[str, ...], Entry] = {}
         self.root = os.geteuid() == 0
+        self.umask = _umask()
         self.stats = ExtractStats()
         self.name = ""
 
@@ -339,7 +107,7 @@ class _Extractor:
         if fd is not None:
             self.cache.move_to_end(parts)
             return fd
-        parent = self.dir_fd(parts[:-1], create)
+        parent = self.dir_fd(parts[:-1], create)  # never evicted while in use: see trim()
         name = parts[-1]
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
@@ -358,10 +126,14 @@ class _Extractor:
                 ) from None
             raise
         self.cache[parts] = fd
-        if len(self.cache) > _DIR_CACHE:
+        return fd
+
+    def trim(self) -> None:
+        """Close the least recently used descriptors; called between members only, so no
+        descriptor an operation holds is ever closed (and its number reused) under it."""
+        while len(self.cache) > _DIR_CACHE:
             _, old = self.cache.popitem(last=False)
             os.close(old)
-        return fd
 
     def _remove(self, pfd: int, name: str, parts: tuple[str, ...]) -> os.stat_result:
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -373,8 +145,10 @@ class _Extractor:
         return st
 
     # -- members -----------------------------------------------------------------------
-    def member(self, ti: Entry, src: _Source) -> None:
+    def member(self, ti: Entry, src: Source) -> None:
         self.name = ti.name
+        if len(self.cache) > _DIR_CACHE:
+            self.trim()
         m = classify(ti.name)
         st = self.stats
         st.entries += 1
@@ -401,17 +175,22 @@ class _Extractor:
             return
         kind = ti.kind
         if kind == b"0":
+            mode = ti.mode
             try:
-                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, mode & 0o777, dir_fd=pfd)
             except FileExistsError:
                 self._remove(pfd, name, parts)
-                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, mode & 0o777, dir_fd=pfd)
             try:
                 if ti.size:
                     src.copy_to(fd, ti.size)
-                if not self.root or ti.uid or ti.gid:
+                chown = not self.root or ti.uid or ti.gid
+                if chown:
                     os.fchown(fd, ti.uid, ti.gid)
-                os.fchmod(fd, ti.mode)
+                # open() applied the mode minus the umask; chmod only when that differs
+                # or when there are setuid/setgid/sticky bits (which chown would clear).
+                if mode & self.umask or mode > 0o777 or (chown and mode & 0o6000):
+                    os.fchmod(fd, mode)
                 if ti.xattrs:
                     for k, v in self._allowed(ti.xattrs):
                         os.setxattr(fd, k, v)
@@ -525,6 +304,7 @@ class _Extractor:
         for parts in sorted(self.dirs, key=len, reverse=True):
             ti = self.dirs[parts]
             self.name = ti.name
+            self.trim()
             fd = self.dir_fd(parts, create=False)
             if not parts and (not self.root or ti.uid or ti.gid):
                 os.fchown(fd, ti.uid, ti.gid)
@@ -533,6 +313,18 @@ class _Extractor:
                 for k, v in self._allowed(ti.xattrs):
                     os.setxattr(fd, k, v)
             os.utime(fd, ns=(ti.mtime_ns, ti.mtime_ns))
+
+
+def _umask() -> int:
+    # Read, not set: os.umask() would change it for every thread of the process.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777  # unknown: always chmod
 
 
 def _translate(e: OSError, name: str, dest: Path) -> Exception:
@@ -558,36 +350,12 @@ def extract_layer(tar_stream: Readable | BinaryIO, dest: Path) -> ExtractStats:
     full, missing privileges, unsupported filesystem) is raised and ``dest`` holds a partial
     layer that the caller discards (the store never publishes it).
     """
-    src = _Source(tar_stream)
-    shim = _TarShim(src)
+    src = Source(tar_stream)
     ex = _Extractor(dest)
-    next_offset = 0
     try:
-        while True:
-            src.skip_to(next_offset)
-            head = src.peek(512)
-            entry = fast_header(head) if len(head) == 512 and not shim.pax_headers else None
-            if entry is not None:
-                src.consume(512)
-                next_offset = src.offset + ((entry.size + 511) & ~511)
-                ex.member(entry, src)
-                continue
-            try:
-                ti = tarfile.TarInfo.fromtarfile(shim)  # type: ignore[arg-type]
-            except tarfile.EOFHeaderError:  # type: ignore[attr-defined]  # a zero block: the end-of-archive marker
-                break
-            except tarfile.EmptyHeaderError:  # type: ignore[attr-defined]
-                if src.offset == 0:
-                    raise LayerError("empty layer: no tar data") from None
-                break  # no end marker; tar accepts this too
-            except tarfile.TruncatedHeaderError:  # type: ignore[attr-defined]
-                raise LayerError("truncated layer: incomplete tar header") from None
-            except tarfile.HeaderError as e:
-                raise LayerError(f"corrupt tar header at byte {src.offset}: {e}") from None
-            next_offset = shim.offset
-            ex.member(Entry.from_tarinfo(ti), src)
+        for entry in iter_members(src):
+            ex.member(entry, src)
         ex.finish_dirs()
-        src.drain()
         ex.stats.tar_bytes = src.offset
         return ex.stats
     except OSError as e:

@@ -129,6 +129,9 @@ def _tarinfo(rel: str, real: str, st: os.stat_result,
     else:
         raise LayerError(f"cannot export {rel}: unsupported file type (socket?)")
     pax = {}
+    sec, ns = divmod(st.st_mtime_ns, 1_000_000_000)
+    if ns:
+        pax["mtime"] = f"{sec}.{ns:09d}"
     try:
         names = os.listxattr(real, follow_symlinks=False)
     except OSError:

@@ -31,11 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
-import io
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -47,21 +43,29 @@ from typing import Any
 from imgbuilder.compression import open_decompressed
 from imgbuilder.errors import ImageError, StoreError
 from imgbuilder.extract import extract_layer
+from imgbuilder.flatten import flatten_image, max_layers
 from imgbuilder.fscheck import check_layer_filesystem
 from imgbuilder.images import ImageRecord, LayerRecord
+from imgbuilder.pull_source import (
+    READ_SIZE,
+    BlobSource,
+    Cancelled,
+    DiffIdReader,
+    LocalBlob,
+    open_locked_partial,
+)
 from imgbuilder.store import Store
 from registry.client import RegistryClient, RegistryConfig, ResolvedImage
 from registry.errors import DigestMismatchError, RegistryError
 from registry.manifest import Descriptor
 from registry.reference import Reference, parse_reference
 
-#: overlayfs takes at most ~500 lowerdirs and the mount option string is one page; well
-#: below both, images with more layers are flattened into one directory.
+#: overlayfs stacks at most 500 lowerdirs and the mount options must fit one page
+#: (``flatten.max_layers`` computes that for the store's path); images with more layers
+#: than this, or than that, are flattened into one directory.
 MAX_OVERLAY_LAYERS = 100
 RUN_CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts",
                    "StopSignal", "Volumes")
-READ_SIZE = 1 << 20
-QUEUE_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -81,201 +85,11 @@ class PullEvent:
 ProgressFn = Callable[[PullEvent], None]
 
 
-class _Cancelled(Exception):
-    pass
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# -- the byte source: partial file, then network ---------------------------------------------
-
-
-class _BlobSource(io.RawIOBase):
-    """The compressed blob as a readable stream.
-
-    First the bytes already in the partial file (hashed as they are re-read), then the
-    network from that offset on, appended to the partial file by a fetcher thread. Reading
-    to EOF means the blob's size and sha256 were verified by ``stream_blob``: it raises
-    instead of ending otherwise, and that error is re-raised here.
-    """
-
-    def __init__(
-        self,
-        fh: io.FileIO,
-        prefix: int,
-        chunks: Callable[[int, Any], Iterator[bytes]],
-        on_bytes: Callable[[int], None],
-        cancel: threading.Event,
-    ) -> None:
-        super().__init__()
-        self._fh = fh
-        self._prefix_left = prefix
-        self._hasher = hashlib.sha256()
-        self._chunks = chunks
-        self._on_bytes = on_bytes
-        self._cancel = cancel
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
-        self._thread: threading.Thread | None = None
-        self._buf = memoryview(b"")
-        self._eof = False
-        fh.seek(0)
-
-    def readable(self) -> bool:
-        return True
-
-    def _fetch(self, offset: int) -> None:
-        """Fetcher thread: network → partial file → queue. Ends with None or an exception."""
-        try:
-            for chunk in self._chunks(offset, self._hasher):
-                if self._cancel.is_set():
-                    raise _Cancelled
-                view = memoryview(chunk)
-                while view:  # FileIO.write may write less than asked
-                    view = view[self._fh.write(view) or 0 :]
-                self._queue.put(chunk)
-            self._queue.put(None)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            self._queue.put(e)
-
-    def _next(self) -> bytes | None:
-        if self._cancel.is_set():
-            raise _Cancelled
-        if self._prefix_left > 0:
-            data = self._fh.read(min(READ_SIZE, self._prefix_left))
-            if not data:
-                raise DigestMismatchError("partial download shrank while being resumed")
-            self._prefix_left -= len(data)
-            self._hasher.update(data)
-            self._on_bytes(len(data))
-            return data
-        if self._thread is None:
-            self._fh.seek(0, os.SEEK_END)
-            self._thread = threading.Thread(
-                target=self._fetch, args=(self._fh.tell(),), daemon=True, name="blob-fetch"
-            )
-            self._thread.start()
-        while True:
-            try:
-                item = self._queue.get(timeout=0.5)
-                break
-            except queue.Empty:
-                if self._cancel.is_set():
-                    raise _Cancelled from None
-        if isinstance(item, BaseException):
-            raise item
-        if item is not None:
-            self._on_bytes(len(item))
-        return item
-
-    def readinto(self, b: Any) -> int:
-        if not self._buf:
-            if self._eof:
-                return 0
-            data = self._next()
-            if data is None:
-                self._eof = True
-                return 0
-            self._buf = memoryview(data)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes, fewer only at EOF (format sniffing needs whole headers)."""
-        if size is None or size < 0:
-            return self.readall()
-        parts: list[bytes] = []
-        need = size
-        while need > 0:
-            if not self._buf:
-                if self._eof:
-                    break
-                data = self._next()
-                if data is None:
-                    self._eof = True
-                    break
-                self._buf = memoryview(data)
-            piece = self._buf[:need]
-            parts.append(bytes(piece))
-            self._buf = self._buf[len(piece) :]
-            need -= len(piece)
-        return b"".join(parts)
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
-
-    def stop(self) -> None:
-        """Stop the fetcher thread (after an error) and wait for it."""
-        self._cancel.set()
-        if self._thread is not None:
-            while self._thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get(timeout=0.1)
-            self._thread.join()
-
-
-class _DiffIdReader(io.RawIOBase):
-    """Passes the uncompressed tar stream through, hashing it for the diff_id."""
-
-    def __init__(self, inner: Any) -> None:
-        super().__init__()
-        self._inner = inner
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._inner.read(-1 if size is None else size)
-        self.hasher.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hasher.hexdigest()
-
-
 # -- one layer ------------------------------------------------------------------------------
-
-
-def _open_locked_partial(store: Store, digest: str) -> io.FileIO:
-    """Open blobs/partial/<hex> and hold an exclusive flock on it.
-
-    The lock serializes every pull (thread or process) that wants this blob. A holder that
-    finishes renames the file into blobs/sha256/ (or unlinks it), so after waiting we check
-    that the path still names the inode we locked, and reopen if not.
-    """
-    path = store.partial_blob_path(digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            return io.FileIO(fd, "r+")
-        os.close(fd)
 
 
 def _space_error(store: Store, e: OSError) -> StoreError:
@@ -304,7 +118,7 @@ class _LayerJob:
     def run(self) -> None:
         try:
             self._run(retry_fresh=True)
-        except (RegistryError, _Cancelled):
+        except (RegistryError, Cancelled):
             raise
         except Exception as e:
             # ENOSPC may surface from the download or from extraction, possibly wrapped.
@@ -322,18 +136,23 @@ class _LayerJob:
         if store.has_layer(self.diff_id):
             self.emit(PullEvent("layer_skipped", desc.digest, desc.size, desc.size))
             return
-        fh = _open_locked_partial(store, desc.digest)
+        fh = open_locked_partial(store, desc.digest)
+        partial = store.partial_blob_path(desc.digest)
         try:
-            # Another pull may have committed this layer while we waited for the lock.
+            # Another pull may have committed this layer while we waited for the lock;
+            # then the partial file is the empty one we just created: remove it (we hold
+            # its lock, and any later waiter notices the unlinked inode and reopens).
+            done_elsewhere = store.has_layer(self.diff_id) or store.has_blob(desc.digest)
+            if done_elsewhere and os.fstat(fh.fileno()).st_size == 0:
+                partial.unlink(missing_ok=True)
             if store.has_layer(self.diff_id):
                 self.emit(PullEvent("layer_skipped", desc.digest, desc.size, desc.size))
                 return
-            partial = store.partial_blob_path(desc.digest)
             if store.has_blob(desc.digest):
                 # Crashed between commit_blob and commit_layer: the verified blob is
                 # local; extract from it (verified again on the way) instead of the network.
                 with open(store.blob_path(desc.digest), "rb") as local:
-                    self._extract(_LocalBlob(local, desc, self._progress_fn(0)), partial=None)
+                    self._extract(LocalBlob(local, desc, self._progress_fn(0)), partial=None)
                 return
             have = os.fstat(fh.fileno()).st_size
             if have > desc.size:
@@ -344,7 +163,7 @@ class _LayerJob:
             def chunks(offset: int, hasher: Any) -> Iterator[bytes]:
                 return self.client.stream_blob(self.ref, desc, offset, hasher=hasher)
 
-            source = _BlobSource(fh, have, chunks, self._progress_fn(0), threading.Event())
+            source = BlobSource(fh, have, chunks, self._progress_fn(0), threading.Event())
             try:
                 self._extract(source, partial=partial)
             except DigestMismatchError:
@@ -368,7 +187,7 @@ class _LayerJob:
         def on_bytes(n: int) -> None:
             done[0] += n
             if self.cancel.is_set():
-                raise _Cancelled
+                raise Cancelled
             self.emit(PullEvent("layer_progress", desc.digest, desc.size, done[0]))
 
         return on_bytes
@@ -383,17 +202,20 @@ class _LayerJob:
                 # The decompressor may hash what it delivers (one pass less over the
                 # uncompressed bytes); otherwise hash here.
                 own_hash = not callable(getattr(stream, "diff_id", None))
-                tar: Any = _DiffIdReader(stream) if own_hash else stream
+                tar: Any = DiffIdReader(stream) if own_hash else stream
                 stats = extract_layer(tar, tmpdir)
                 while tar.read(READ_SIZE):  # end-of-archive padding belongs to the diff_id
                     pass
                 diff_id = tar.digest if own_hash else stream.diff_id()
-            except (RegistryError, _Cancelled, OSError):
+            except (RegistryError, Cancelled, OSError):
                 raise
             except Exception:
                 # Undecompressable or unextractable content. Blame the transfer if the blob
                 # does not match its digest (read to EOF to know); else the layer itself is
                 # bad, and that error stands. Either way nothing is kept.
+                stream, closing = None, stream
+                if closing is not None:
+                    closing.close()  # stop the decompressor before draining its source
                 if partial is not None:
                     try:
                         source.drain()
@@ -421,42 +243,6 @@ class _LayerJob:
         size = getattr(stats, "unpacked_size", None) or getattr(stats, "bytes", None)
         self.unpacked_size = int(size) if size is not None else None
         self.emit(PullEvent("layer_done", desc.digest, desc.size, desc.size))
-
-
-class _LocalBlob(io.RawIOBase):
-    """A committed blob re-read for extraction, its sha256 and size checked at EOF."""
-
-    def __init__(self, fh: Any, desc: Descriptor, on_bytes: Callable[[int], None]) -> None:
-        super().__init__()
-        self._fh, self._desc, self._on_bytes = fh, desc, on_bytes
-        self._hasher = hashlib.sha256()
-        self._size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(READ_SIZE), b""))
-        data: bytes = self._fh.read(size)
-        if data:
-            self._hasher.update(data)
-            self._size += len(data)
-            self._on_bytes(len(data))
-        elif (self._size, "sha256:" + self._hasher.hexdigest()) != (
-            self._desc.size, self._desc.digest
-        ):
-            raise DigestMismatchError(f"stored blob {self._desc.digest[:19]} is corrupt")
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
 
 
 # -- the image ------------------------------------------------------------------------------
@@ -535,9 +321,7 @@ def pull_image(
                 raise StoreError(f"cannot write to {store.data_dir}: {e}") from None
             sizes = _run_layers(store, rc, resolved, emit, max_concurrency)
             rec = _record(name, resolved, sizes)
-            if flatten or len(rec.layers) > MAX_OVERLAY_LAYERS:
-                from imgbuilder.flatten import flatten_image
-
+            if flatten or len(rec.layers) > min(MAX_OVERLAY_LAYERS, max_layers(store)):
                 rec = flatten_image(store, rec)
             store.write_image(rec)
     finally:
@@ -572,7 +356,7 @@ def _run_layers(
             for f in futures:
                 f.cancel()
             wait(futures)
-            first = next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
+            first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
             assert first is not None
             raise first
     sizes = _known_unpacked_sizes(store)

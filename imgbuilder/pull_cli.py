@@ -15,7 +15,14 @@ from typing import Annotated
 
 import typer
 
-from imgbuilder.cli_common import ConfigOption, DataDirOption, fail, open_store, reported_errors
+from imgbuilder.cli_common import (
+    ConfigOption,
+    DataDirOption,
+    fail,
+    open_store,
+    reported_errors,
+    require_root,
+)
 from imgbuilder.pull import PullEvent, pull_image
 from imgbuilder.settings import load_registry_settings
 from registry.auth import Credentials
@@ -150,6 +157,7 @@ def _pull(
     password_stdin: bool,
 ) -> None:
     reference = parse_reference(ref)
+    require_root("pulling an image (file owners, device nodes, trusted xattrs)")
     if password_stdin and not username:
         fail("--password-stdin needs --username")
     if username and not password_stdin:

@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imgbuilder.errors import StoreError
 
 DEFAULT_DATA_DIR = Path("/var/lib/sandkasten")
@@ -30,6 +28,8 @@ def load_config(config_path: str | Path | None) -> dict[str, Any]:
     path = config_file(config_path)
     if path is None:
         return {}
+    import yaml  # only when there is a file: keeps the image commands' start fast
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:

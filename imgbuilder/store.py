@@ -108,21 +108,30 @@ class Store:
         self.images_dir = self.data_dir / "images"
         self.leases_dir = self.data_dir / "leases"
         self.locks_dir = self.data_dir / "locks"
+        self.writable = True
         try:
             for d in (self.blobs_dir, self.partial_dir, self.layers_dir, self.images_dir,
                       self.leases_dir, self.locks_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except PermissionError:
-            raise StoreError(f"cannot write to the data directory {self.data_dir}",
-                             hint="run as root (sudo) or choose --data-dir") from None
+            # Reading (list, inspect) works without write access, e.g. `imgbuilder list`
+            # as a normal user; a write later fails with "permission denied … sudo".
+            self.writable = False
         except OSError as e:
             raise StoreError(f"cannot create the data directory {self.data_dir}: "
                              f"{e.strerror}") from None
-        self.remove_stale_tmp()
+        if self.writable:
+            self.remove_stale_tmp()
+
+    def _writable(self) -> None:
+        if not self.writable:
+            raise StoreError(f"cannot write to the data directory {self.data_dir} "
+                             "(permission denied)", hint="run it with sudo, or choose --data-dir")
 
     # -- locks -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _flock(self, op: int) -> Iterator[None]:
+        self._writable()
         fd = os.open(self.locks_dir / "store.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, op)
@@ -155,6 +164,7 @@ class Store:
         fsync, then atomic rename into ``blobs/sha256/<hex>``; idempotent: if the blob is
         already there the new copy is dropped. ``tmp_path`` must be on the same filesystem.
         """
+        self._writable()
         dest = self.blob_path(digest)
         fd = os.open(tmp_path, os.O_RDONLY)
         try:
@@ -179,6 +189,7 @@ class Store:
         Its name starts with ``.tmp-<pid>-`` so it is never mistaken for a layer and can be
         removed once its creator is gone.
         """
+        self._writable()
         return Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.layers_dir))
 
     def commit_layer(self, tmpdir: Path, diff_id: str, *, sync: bool = True) -> Path:
@@ -232,6 +243,7 @@ class Store:
 
     def write_image(self, rec: ImageRecord) -> None:
         """Atomically create or replace the record ``images/<name>.json``."""
+        self._writable()
         atomic_write(self._image_file(rec.name), rec.to_json().encode())
 
     def get_image(self, name: str) -> ImageRecord:
@@ -247,7 +259,9 @@ class Store:
         return ImageRecord.from_json(text)
 
     def list_images(self) -> list[ImageRecord]:
-        out = []
+        out: list[ImageRecord] = []
+        if not self.images_dir.is_dir():
+            return out
         for p in sorted(self.images_dir.glob("*.json")):
             with contextlib.suppress(FileNotFoundError, StoreError):
                 out.append(ImageRecord.from_json(p.read_text()))
@@ -278,6 +292,7 @@ class Store:
     # -- leases ------------------------------------------------------------------------
     def lease(self, session_id: str, rec: ImageRecord) -> None:
         """Record that ``session_id`` uses ``rec``'s layers: prune keeps them until release."""
+        self._writable()
         validate_name(session_id)
         data = {"session_id": session_id, "image": rec.name,
                 "layers": [layer.diff_id for layer in rec.layers], "created": time.time()}

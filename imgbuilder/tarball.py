@@ -5,7 +5,7 @@ The input's kind is decided by its content, never its file name:
 - a directory holding ``oci-layout`` is an OCI image layout; one holding ``manifest.json``
   is an extracted ``docker save``;
 - a file or stdin is decompressed (gzip, zstd or none, by magic bytes) and its first tar
-  members are looked at: an archive made only of ``blobs/``, ``<hex>/``, ``<hex>.json``,
+  members are looked at: an archive made only of ``blobs/``, ``<hex>/``, ``<hex>.json|.tar``,
   ``manifest.json``, ``index.json``, ``oci-layout`` and ``repositories`` is an image archive
   (``docker save``, legacy or OCI-style, or a tarred OCI layout); anything else is a root
   filesystem (``docker export``), streamed straight into one layer.
@@ -36,13 +36,13 @@ from typing import Any, BinaryIO
 from imgbuilder.compression import open_decompressed
 from imgbuilder.errors import ImportFormatError, LayerError
 from imgbuilder.images import ImageRecord, LayerRecord, is_digest, runtime_config
-from imgbuilder.layers import HashingReader, add_layer, add_layer_stream, unpacked_size
+from imgbuilder.layers import add_layer, add_layer_stream, unpacked_size
 from imgbuilder.store import Store
 from imgbuilder.whiteout import split_name
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ARCHIVE_NAME = re.compile(
-    r"^(blobs(/.*)?|[0-9a-f]{64}(/.*|\.json)?|manifest\.json|index\.json|oci-layout|repositories)$"
+    r"^(blobs(/.*)?|[0-9a-f]{64}(/.*|\.json|\.tar)?|manifest\.json|index\.json|oci-layout|repositories)$"
 )
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -64,7 +64,7 @@ def _member_names(head: bytes, limit: int = 16) -> list[str]:
     with contextlib.suppress(tarfile.TarError, EOFError, OSError), \
             tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tf:
         for ti in tf:
-            names.append(ti.name.removeprefix("./").rstrip("/"))
+            names.append("/".join(x for x in ti.name.split("/") if x not in ("", ".")))
             if len(names) >= limit:
                 break
     return [n for n in names if n]
@@ -123,7 +123,8 @@ class _TarLayout(_Layout):
             self.tf = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
         except tarfile.TarError as e:
             raise ImportFormatError(f"not a readable image archive: {e}") from None
-        self.members = {m.name.removeprefix("./"): m for m in self.tf.getmembers()}
+        self.members = {"/".join(x for x in m.name.split("/") if x not in ("", ".")): m
+                        for m in self.tf.getmembers()}
 
     def open(self, rel: str) -> BinaryIO:
         m = self.members.get("/".join(split_name(rel)))
@@ -259,13 +260,17 @@ def _record(config: dict[str, Any], layers: list[LayerRecord], *, reference: str
 
 def import_layout(store: Store, layout: _Layout, *, ref: str | None, plat: str | None,
                   sync: bool) -> ImageRecord:
-    if layout.exists("oci-layout") or layout.exists("index.json"):
-        rec, config_bytes = _oci_image(store, layout, ref, plat, sync)
-    elif layout.exists("manifest.json"):
-        rec, config_bytes = _docker_image(store, layout, ref, sync)
-    else:
-        raise ImportFormatError("neither an OCI layout (oci-layout, index.json) nor a docker "
-                                "save archive (manifest.json)")
+    """Import the image a layout or archive describes (records are returned, not written)."""
+    try:
+        if layout.exists("oci-layout") or layout.exists("index.json"):
+            rec, config_bytes = _oci_image(store, layout, ref, plat, sync)
+        elif layout.exists("manifest.json"):
+            rec, config_bytes = _docker_image(store, layout, ref, sync)
+        else:
+            raise ImportFormatError("neither an OCI layout (oci-layout, index.json) nor a "
+                                    "docker save archive (manifest.json)")
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ImportFormatError(f"malformed image metadata (missing or wrong field {e})") from None
     _keep_blob(store, config_bytes)
     return rec
 
@@ -334,22 +339,21 @@ def import_image(store: Store, source: str, name: str, *, ref: str | None = None
             raise ImportFormatError(f"{source} is a directory without oci-layout or "
                                     "manifest.json")
         return import_layout(store, _DirLayout(path), ref=ref, plat=plat, sync=sync)
-    with _input(source) as f:
-        raw = HashingReader(f)
-        with open_decompressed(raw) as stream:
-            if not is_image_archive(stream.peek()):
-                layer = add_layer_stream(store, stream, raw, sync=sync)
-                layer.digest = None if stream.compression == "none" else layer.digest
-                ref_name = "" if source == "-" else f"file://{path.absolute()}"
-                return record_for_rootfs(store, layer, reference=ref_name, source="import")
-            if source != "-" and stream.compression == "none":
-                archive: Path | None = path
-                spool = None
-            else:
-                spool = store.new_layer_tmpdir()
-                archive = spool / "archive.tar"
-                with open(archive, "wb") as out:
-                    shutil.copyfileobj(stream, out, 1 << 20)
+    with _input(source) as f, open_decompressed(f) as stream:
+        if not is_image_archive(stream.peek()):
+            # No blob is kept for a rootfs, so only the diff_id is computed.
+            layer = add_layer_stream(store, stream, None, sync=sync)
+            layer.digest = None
+            ref_name = "" if source == "-" else f"file://{path.absolute()}"
+            return record_for_rootfs(store, layer, reference=ref_name, source="import")
+        if source != "-" and stream.compression == "none":
+            archive: Path | None = path
+            spool = None
+        else:
+            spool = store.new_layer_tmpdir()
+            archive = spool / "archive.tar"
+            with open(archive, "wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
     try:
         assert archive is not None
         layout = _TarLayout(archive)

@@ -16,7 +16,7 @@ any ``..`` component are refused here, before any file system call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imgbuilder.errors import LayerError
 
@@ -26,8 +26,7 @@ META_PREFIX = ".wh..wh."
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """What one tar member name means for the layer directory.
 
     ``kind`` is ``entry`` (create ``parts``), ``whiteout`` (hide ``parts``), ``opaque`` (make
@@ -56,6 +55,11 @@ def split_name(name: str) -> tuple[str, ...]:
 
 def classify(name: str) -> Member:
     """Classify a member name (see the module docstring). Pure; raises LayerError."""
+    plain = name[2:] if name.startswith("./") else name
+    if plain and "/." not in plain and "//" not in plain and "\x00" not in plain and \
+            plain[0] not in "./":
+        # The common case, without a "." or ".." component or any dot-file: no whiteout.
+        return Member("entry", tuple(plain.rstrip("/").split("/")))
     parts = split_name(name)
     if not parts:
         return Member("entry", ())

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -143,10 +144,13 @@ class Transport:
         timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0))
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
         headers = {"User-Agent": USER_AGENT}
-        self._http = httpx.Client(
+        # The verifying client loads the CA bundle (tens of ms): only made when an HTTPS
+        # registry is actually contacted; loopback pulls never pay for it.
+        self._http_args: dict[str, Any] = dict(
             timeout=timeout, limits=limits, headers=headers, verify=config.verify_tls,
             transport=http_transport,
         )
+        self._http_verify: httpx.Client | None = None
         self._http_noverify = httpx.Client(
             timeout=timeout, limits=limits, headers=headers, verify=False,  # noqa: S501
             transport=http_transport,
@@ -157,8 +161,15 @@ class Transport:
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._creds: dict[str, Credentials | None] = {}
 
+    @property
+    def _http(self) -> httpx.Client:
+        if self._http_verify is None:
+            self._http_verify = httpx.Client(**self._http_args)
+        return self._http_verify
+
     def close(self) -> None:
-        self._http.close()
+        if self._http_verify is not None:
+            self._http_verify.close()
         self._http_noverify.close()
 
     # -- scheme and ping ---------------------------------------------------------------

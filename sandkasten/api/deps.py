@@ -33,7 +33,8 @@ async def require_api_key(
         )
 
 
-def manager(request: Request) -> SessionManager:
+async def manager(request: Request) -> SessionManager:
+    """The session manager (async: a plain function would cost a worker-thread hop)."""
     m: SessionManager = request.app.state.manager
     return m
 

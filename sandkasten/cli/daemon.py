@@ -80,6 +80,9 @@ def run_foreground(config_opt: str | Path | None) -> None:
 def root(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """With no command: run the daemon in the foreground (Ctrl+C stops it)."""
     ctx.obj = {"config": config}
+    if config is not None:
+        # `sandkasten --config F image …`: the image commands read $SANDKASTEN_CONFIG.
+        os.environ[CONFIG_ENV] = str(Path(config).absolute())
     if ctx.invoked_subcommand is None:
         run_foreground(config)
 

@@ -18,7 +18,6 @@ reach a sandbox that is going away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -35,6 +34,17 @@ from sandkasten.session.workspaces import Workspaces, validate_workspace_id
 from sandkasten.store.db import SessionRow, StateDB
 
 log = logging.getLogger("sandkasten")
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its parent counts as
+    gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 def iso(ts: float) -> str:
@@ -243,16 +253,26 @@ class SessionManager:
         log.info("session destroyed id=%s reason=%s", session_id, reason)
 
     async def reap(self, now: float | None = None) -> list[str]:
-        """Destroy every session whose ``expires_at`` has passed; return their ids."""
+        """Destroy every session whose ``expires_at`` has passed, or whose sandbox died
+        (its PID 1 exited: killed, OOM), concurrently, so one slow teardown does not hold up
+        the others; return their ids."""
         now = time.time() if now is None else now
-        due = [r.id for r in self._rows.values() if r.expires_at <= now]
-        for sid in due:
-            with contextlib.suppress(NotFoundError):
-                try:
-                    await self.destroy(sid, reason="expired")
-                except Exception:
-                    log.exception("destroying expired session failed id=%s", sid)
-        return due
+        due = {r.id: "expired" for r in self._rows.values() if r.expires_at <= now}
+        for sid, sandbox in self._sandboxes.items():
+            pid = getattr(sandbox, "pid", 0)
+            if sid not in due and pid > 0 and not pid_alive(pid):
+                due[sid] = "sandbox exited"
+
+        async def one(sid: str) -> None:
+            try:
+                await self.destroy(sid, reason=due[sid])
+            except NotFoundError:
+                pass  # deleted by a request meanwhile
+            except Exception:
+                log.exception("destroying expired session failed id=%s", sid)
+
+        await asyncio.gather(*(one(sid) for sid in due))
+        return list(due)
 
     # ---- restart --------------------------------------------------------------------------
     async def restore(self) -> tuple[int, int]:
@@ -269,6 +289,7 @@ class SessionManager:
         for orphan in sorted(set(on_disk() if callable(on_disk) else []) - known):
             try:
                 await self.runtime.cleanup(orphan)
+                await asyncio.to_thread(self.images.release, orphan)
                 cleaned += 1
                 log.info("sandbox without a session cleaned up id=%s", orphan)
             except Exception:

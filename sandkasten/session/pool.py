@@ -4,6 +4,10 @@ Sandboxes are pooled per image *manifest digest* and limits: when an image is pu
 again under the same name, the next acquire sees the new digest, drains the old key and
 starts filling a new one, so a stale pooled sandbox is never handed out. Only sessions
 with the default limits and no persistent workspace are served from the pool.
+
+Pooled sandboxes lease their image's layers from the moment they are created (the
+runtime handed to SandboxPool is wrapped by :class:`_LeasingRuntime`), so ``image prune``
+never removes a layer under a sandbox that waits in the pool.
 """
 
 from __future__ import annotations
@@ -28,12 +32,59 @@ class _Entry:
     template: SessionSpec
 
 
+class _LeasedSandbox:
+    """A pooled sandbox whose destroy also drops its lease; everything else passes through."""
+
+    def __init__(self, sandbox: Sandbox, images: ImageSource) -> None:
+        self._sandbox = sandbox
+        self._images = images
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sandbox, name)
+
+    async def destroy(self) -> None:
+        try:
+            await self._sandbox.destroy()
+        finally:
+            await asyncio.to_thread(self._images.release, self._sandbox.id)
+
+
+class _LeasingRuntime:
+    """The runtime as SandboxPool sees it: every create leases the template's image."""
+
+    def __init__(self, runtime: Runtime, images: ImageSource) -> None:
+        self.runtime = runtime
+        self.images = images
+        self.by_layers: dict[tuple[str, tuple[str, ...]], ImageInfo] = {}
+
+    def remember(self, image: ImageInfo) -> None:
+        self.by_layers[(image.name, tuple(map(str, image.layer_paths)))] = image
+
+    async def create(self, spec: SessionSpec) -> Sandbox:
+        image = self.by_layers.get((spec.image, tuple(map(str, spec.layer_paths))))
+        if image is not None:
+            await asyncio.to_thread(self.images.lease, spec.id, image)
+        try:
+            sandbox = await self.runtime.create(spec)
+        except BaseException:
+            await asyncio.to_thread(self.images.release, spec.id)
+            raise
+        return _LeasedSandbox(sandbox, self.images)  # type: ignore[return-value]
+
+    async def attach(self, session_id: str) -> Sandbox | None:
+        return await self.runtime.attach(session_id)
+
+    async def cleanup(self, session_id: str) -> None:
+        await self.runtime.cleanup(session_id)
+
+
 class SessionPool:
     def __init__(self, config: Config, runtime: Runtime, images: ImageSource) -> None:
         self.config = config
         self.images = images
         self.sizes = dict(config.pool.images)
-        self.pool = SandboxPool(runtime)
+        self._leasing = _LeasingRuntime(runtime, images)
+        self.pool = SandboxPool(self._leasing)
         self._entries: dict[str, _Entry] = {}
 
     def template(self, image: ImageInfo) -> SessionSpec:
@@ -65,6 +116,7 @@ class SessionPool:
             )
             self.pool.configure(old.template, old.digest, 0)
         template = self.template(image)
+        self._leasing.remember(image)
         key = self.pool.configure(template, image.manifest_digest, self.sizes[image.name])
         entry = self._entries[image.name] = _Entry(image.manifest_digest, key, template)
         return entry
@@ -84,6 +136,13 @@ class SessionPool:
         if image.name not in self.sizes:
             return None
         return await self.pool.acquire(self._configure(image).key)
+
+    def drain(self, name: str) -> None:
+        """Stop pooling ``name`` (its image is being deleted): pooled sandboxes of it are
+        destroyed, none is created again until the name resolves to an image once more."""
+        old = self._entries.pop(name, None)
+        if old is not None:
+            self.pool.configure(old.template, old.digest, 0)
 
     async def close(self) -> None:
         await self.pool.close()

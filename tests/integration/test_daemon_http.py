@@ -268,6 +268,17 @@ def test_restart_after_sigkill_reattaches_live_sessions(daemon: DaemonProcess) -
     assert "INFO stopped" in daemon.log()
 
 
+def test_a_sandbox_killed_from_outside_is_cleaned_up(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        sid = c.post("/v1/sessions", json={"image": "busybox"}).json()["id"]
+        os.kill(_runner_pid(daemon, sid), signal.SIGKILL)  # e.g. the OOM killer
+        deadline = time.monotonic() + 10
+        while c.get(f"/v1/sessions/{sid}").status_code == 200 or session_dirs(daemon):
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.2)
+    assert f"session destroyed id={sid} reason=sandbox exited" in daemon.log()
+
+
 def test_keep_sessions_on_shutdown(daemon_factory: Any) -> None:
     d: DaemonProcess = daemon_factory(keep_sessions_on_shutdown=True)
     with d.client() as c:
@@ -296,8 +307,18 @@ def test_pool_hands_out_prewarmed_sandboxes(daemon_factory: Any) -> None:
         assert s["id"].startswith("sb-") and took < 1.0
         out = c.post(f"/v1/sessions/{s['id']}/exec", json={"cmd": "echo pooled"}).json()
         assert out["output"] == "pooled\n"
+    # SIGKILL with a warm pool: the next start removes the orphaned pooled sandboxes
+    pooled = [n for n in session_dirs(d) if n.startswith("sb-") and n != s["id"]]
+    pids = [_runner_pid(d, n) for n in pooled if (ready / n / "state.json").exists()]
+    d.kill()
+    d.start()
+    with d.client() as c:
+        assert [x["id"] for x in c.get("/v1/sessions").json()] == [s["id"]]
+    assert not set(pooled) & set(session_dirs(d))
+    assert not any(alive(p) for p in pids)
     assert d.stop() == 0
     assert session_dirs(d) == []
+    assert not list((d.data_dir / "leases").glob("*.json"))  # no lease outlives its sandbox
 
 
 def test_fifty_concurrent_sessions(daemon: DaemonProcess) -> None:

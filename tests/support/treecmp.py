@@ -67,6 +67,8 @@ def snapshot(root: Path, *, mtime: bool = False) -> dict[str, dict[str, Any]]:
                 f["mtime"] = st.st_mtime_ns // 1000  # microseconds: tar formats differ below
             facts[rel] = f
     for group in inodes.values():
+        if len(group) < 2:
+            continue  # the other names of this inode are not in the tree (e.g. hidden)
         key = tuple(sorted(group))
         for rel in group:
             facts[rel]["hardlinks"] = key

@@ -126,6 +126,8 @@ def test_seed_flow_with_curl_style_bodies(api: Api) -> None:
 def test_no_content_type_is_json_too(api: Api) -> None:
     r = httpx.post(api.url + "/v1/sessions", headers=H, content=b'{"image":"busybox"}')
     assert r.status_code == 201 and r.json()["image"] == "busybox"
+    r = httpx.post(api.url + "/v1/sessions", headers=H)  # no body at all: every default
+    assert r.status_code == 201 and r.json()["image"] == "python"
 
 
 def test_default_image_and_listing(api: Api) -> None:
@@ -595,3 +597,32 @@ def test_restore_cleans_sandboxes_without_a_session(tmp_path: Path) -> None:
     with running(make_config(tmp_path), rt, images) as api:
         assert api.c.get("/v1/sessions").json() == []
     assert "sb-orphan" in rt.cleaned and not orphan.exists()
+
+
+def test_deleting_an_image_drains_its_pool(tmp_path: Path) -> None:
+    cfg = make_config(
+        tmp_path, SANDKASTEN_POOL__ENABLED="true", SANDKASTEN_POOL__IMAGES='{"python": 2}'
+    )
+    rt, images = FakeRuntime(tmp_path / "rt"), FakeImages(["python"])
+    with running(cfg, rt, images) as api:
+        _wait(lambda: len(rt.created) == 2)
+        _wait(lambda: all(not sb.destroyed for sb in rt.live.values()))
+        assert set(images.leases) == set(rt.created)  # pooled sandboxes hold their layers
+        assert api.c.delete("/v1/images/python").json() == {"ok": True}
+        _wait(lambda: all(sb.destroyed for sb in rt.live.values()))
+        _wait(lambda: images.leases == {})
+        time.sleep(0.3)
+        assert len(rt.created) == 2  # nothing refilled for a deleted image
+        err(api.c.post("/v1/sessions", json={}), 404, "image_not_found")
+
+
+def test_sessions_whose_sandbox_died_are_removed(api: Api) -> None:
+    import subprocess
+
+    sid, keep = api.session(), api.session()
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    api.runtime.live[sid].pid = proc.pid  # this sandbox's PID 1 is gone
+    _wait(lambda: api.c.get(f"/v1/sessions/{sid}").status_code == 404)
+    assert api.runtime.live[sid].destroyed and sid not in api.images.leases
+    assert api.c.get(f"/v1/sessions/{keep}").status_code == 200

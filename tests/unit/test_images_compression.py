@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+from pathlib import Path
 
 import pytest
 import zstandard
 
+from imgbuilder import compression
 from imgbuilder.compression import detect, kind_from_media_type, open_decompressed
 from imgbuilder.errors import LayerError
 from tests.support.images import TarBuilder, compress
@@ -115,3 +117,18 @@ def test_close_midway_stops_the_producer() -> None:
     s.read(1000)
     s.close()
     assert not s._thread.is_alive()
+
+
+@pytest.mark.parametrize("external", [True, False])
+def test_zstd_from_a_file_with_and_without_the_zstd_binary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external: bool) -> None:
+    if not external:
+        monkeypatch.setattr(compression, "ZSTD_BIN", None)
+    elif compression.ZSTD_BIN is None:
+        pytest.skip("the zstd binary is not installed")
+    path = tmp_path / "layer.tar.zst"
+    path.write_bytes(compress(TAR, "zstd"))
+    with open(path, "rb") as f, open_decompressed(f) as s:
+        assert (s._ext is not None) == external
+        assert s.read() == TAR and s.diff_id() == DIFF_ID
+        assert s.compressed_bytes == path.stat().st_size

@@ -107,5 +107,7 @@ async def delete_image(
             ),
             "image_in_use",
         )
+    if m.pool is not None:
+        m.pool.drain(name)  # no pooled sandbox keeps using layers a prune may remove
     await anyio.to_thread.run_sync(m.images.delete, name)
     return Ok()
