@@ -66,16 +66,19 @@ def timed(cmd: list[str], **kw: object) -> float:
     return time.perf_counter() - t
 
 
-def run_sandkasten(reg: LocalRegistry, ref: str, work: Path) -> float:
+def run_sandkasten(reg: LocalRegistry, ref: str, work: Path, *extra: str) -> float:
     data = work / "sk-data"
+    subprocess.run(["sync"], check=True)  # earlier writeback must not leak into this one
     try:
-        return timed([*PULL, "--quiet", "--data-dir", str(data), "--name", "bench", ref])
+        return timed([*PULL, "--quiet", "--data-dir", str(data), "--name", "bench", *extra,
+                      ref])
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
 
 def run_skopeo_umoci(ref: str, work: Path) -> float:
     layout, bundle = work / "oci", work / "bundle"
+    subprocess.run(["sync"], check=True)
     try:
         t = time.perf_counter()
         subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
@@ -90,6 +93,7 @@ def run_skopeo_umoci(ref: str, work: Path) -> float:
 
 def run_tar(blobs: list[Path], work: Path) -> float:
     dest = work / "tar"
+    subprocess.run(["sync"], check=True)
     try:
         t = time.perf_counter()
         for i, blob in enumerate(blobs):
@@ -121,9 +125,12 @@ def main() -> None:
                              (f"debian+python3, {args.layers} layers", multi)):
             blobs = _write_blobs(image, work)
             ref = f"{reg.host}/{image.repo}:{image.tag}"
-            results: dict[str, list[float]] = {"sandkasten": [], "skopeo+umoci": [], "tar": []}
+            results: dict[str, list[float]] = {"sandkasten": [], "sandkasten --no-fsync": [],
+                                               "skopeo+umoci": [], "tar": []}
             for _ in range(args.reps):
                 results["sandkasten"].append(run_sandkasten(reg, ref, work))
+                results["sandkasten --no-fsync"].append(
+                    run_sandkasten(reg, ref, work, "--no-fsync"))
                 results["skopeo+umoci"].append(run_skopeo_umoci(ref, work))
                 results["tar"].append(run_tar(blobs, work))
             med = {k: statistics.median(v) for k, v in results.items()}
@@ -132,11 +139,12 @@ def main() -> None:
         print(f"\nmachine: {os.cpu_count()} CPUs, {_cpu_model()}, kernel {os.uname().release}")
         print(f"repetitions: {args.reps} (median), rootfs {len(rootfs) / 1e6:.0f} MB tar, "
               f"target {args.dir} ({_fstype(work)}), load average {os.getloadavg()[0]:.1f}\n")
-        print(f"{'image':<28} {'gzip MB':>8} {'sandkasten':>11} {'skopeo+umoci':>13} "
-              f"{'GNU tar':>8} {'ratio':>6}")
+        print(f"{'image':<28} {'gzip MB':>8} {'sandkasten':>11} {'--no-fsync':>11} "
+              f"{'skopeo+umoci':>13} {'GNU tar':>8} {'ratio':>6}")
         for label, size, med, _ in rows:
             ratio = med["sandkasten"] / med["skopeo+umoci"]
             print(f"{label:<28} {size / 1e6:>8.1f} {med['sandkasten']:>10.2f}s "
+                  f"{med['sandkasten --no-fsync']:>10.2f}s "
                   f"{med['skopeo+umoci']:>12.2f}s {med['tar']:>7.2f}s {ratio:>6.2f}")
         for label, _, _, results in rows:
             print(f"\n{label}: " + "; ".join(

@@ -110,9 +110,11 @@ class _LayerJob:
         diff_id: str,
         emit: ProgressFn,
         cancel: threading.Event,
+        sync: bool = True,
     ) -> None:
         self.store, self.client, self.ref, self.desc = store, client, ref, desc
         self.diff_id, self.emit, self.cancel = diff_id, emit, cancel
+        self.sync = sync
         self.unpacked_size: int | None = None
 
     def run(self) -> None:
@@ -236,7 +238,7 @@ class _LayerJob:
                 )
             if partial is not None:
                 store.commit_blob(partial, desc.digest)
-            store.commit_layer(tmpdir, self.diff_id)
+            store.commit_layer(tmpdir, self.diff_id, sync=self.sync)
         except BaseException:
             store.discard_layer_tmpdir(tmpdir)
             raise
@@ -291,11 +293,14 @@ def pull_image(
     progress: ProgressFn | None = None,
     max_concurrency: int = 4,
     client: RegistryClient | None = None,
+    sync: bool = True,
 ) -> ImageRecord:
     """Pull ``ref`` into ``store`` under ``name`` (default: the repository's last component).
 
     Downloads only the layers the store lacks, at most ``max_concurrency`` at a time, and
-    writes the image record last. Raises :class:`~registry.errors.RegistryError` or
+    writes the image record last. With ``sync`` (the default) each layer is flushed to
+    disk (syncfs) before it is published, so it survives a power loss; without, it still
+    survives a crash or kill -9. Raises :class:`~registry.errors.RegistryError` or
     :class:`~imgbuilder.errors.ImageError` subclasses, each with a one-line message.
     """
     reference = parse_reference(ref) if isinstance(ref, str) else ref
@@ -319,10 +324,10 @@ def pull_image(
                 if e.errno == errno.ENOSPC:
                     raise _space_error(store, e) from None
                 raise StoreError(f"cannot write to {store.data_dir}: {e}") from None
-            sizes = _run_layers(store, rc, resolved, emit, max_concurrency)
+            sizes = _run_layers(store, rc, resolved, emit, max_concurrency, sync)
             rec = _record(name, resolved, sizes)
             if flatten or len(rec.layers) > min(MAX_OVERLAY_LAYERS, max_layers(store)):
-                rec = flatten_image(store, rec)
+                rec = flatten_image(store, rec, sync=sync)
             store.write_image(rec)
     finally:
         if own_client:
@@ -337,6 +342,7 @@ def _run_layers(
     resolved: ResolvedImage,
     emit: ProgressFn,
     max_concurrency: int,
+    sync: bool = True,
 ) -> dict[str, int]:
     """Fetch and extract every missing layer; returns diff_id → unpacked size."""
     cancel = threading.Event()
@@ -344,7 +350,7 @@ def _run_layers(
     unique: dict[str, Descriptor] = {}
     for desc, diff_id in pairs:
         unique.setdefault(diff_id, desc)  # the same layer twice in one image: fetch once
-    jobs = [_LayerJob(store, rc, resolved.reference, d, diff_id, emit, cancel)
+    jobs = [_LayerJob(store, rc, resolved.reference, d, diff_id, emit, cancel, sync)
             for diff_id, d in unique.items()]
     with ThreadPoolExecutor(max_workers=max(1, max_concurrency),
                             thread_name_prefix="pull-layer") as pool:

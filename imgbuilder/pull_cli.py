@@ -133,12 +133,15 @@ def pull_command(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the registry password from stdin.")
     ] = False,
+    fsync: Annotated[bool, typer.Option(
+        "--fsync/--no-fsync", help="Flush layers to disk before publishing them (survives a "
+        "power loss; --no-fsync still survives a crash or kill).")] = True,
 ) -> None:
     """Pull an image from a registry into the local store."""
     with reported_errors():
         try:
             _pull(ref, name, platform, data_dir, config, quiet, flatten, username,
-                  password_stdin)
+                  password_stdin, fsync)
         except RegistryError as e:
             fail(e.message, e.hint)
         except KeyboardInterrupt:
@@ -155,6 +158,7 @@ def _pull(
     flatten: bool,
     username: str | None,
     password_stdin: bool,
+    fsync: bool = True,
 ) -> None:
     reference = parse_reference(ref)
     require_root("pulling an image (file owners, device nodes, trusted xattrs)")
@@ -178,7 +182,7 @@ def _pull(
         show = _RichProgress() if sys.stderr.isatty() else _PlainProgress()
     try:
         rec = pull_image(store, reference, name=name, platform=platform, flatten=flatten,
-                         registry_settings=settings, progress=show)
+                         registry_settings=settings, progress=show, sync=fsync)
     finally:
         if show is not None:
             show.close()

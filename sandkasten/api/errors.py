@@ -8,6 +8,7 @@ OS errors from file operations get their natural status; anything else is a real
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from typing import Any
@@ -107,6 +108,10 @@ _OS_STATUS = {
     errno.ENOSPC: (413, "no_space"),
     errno.EDQUOT: (413, "no_space"),
     errno.EFBIG: (413, "file_too_large"),
+    # A runner connection that broke under a request: the sandbox died or is being torn down.
+    errno.ECONNRESET: (409, "sandbox_gone"),
+    errno.EPIPE: (409, "sandbox_gone"),
+    errno.ECONNREFUSED: (409, "sandbox_gone"),
 }
 
 
@@ -143,6 +148,10 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
         return error_response(exc.status_code, str(exc.detail), code, headers=headers or None)
+
+    @app.exception_handler(asyncio.IncompleteReadError)
+    async def _eof(request: Request, exc: asyncio.IncompleteReadError) -> JSONResponse:
+        return error_response(409, "the sandbox's runner stopped answering", "sandbox_gone")
 
     @app.exception_handler(OSError)
     async def _os(request: Request, exc: OSError) -> JSONResponse:

@@ -82,6 +82,7 @@ class SessionManager:
         self._rows: dict[str, SessionRow] = {}
         self._sandboxes: dict[str, Sandbox] = {}
         self._pending = 0
+        self._background: set[asyncio.Future[None]] = set()
 
     # ---- lookup ---------------------------------------------------------------------------
     def get(self, session_id: str) -> SessionRow:
@@ -192,11 +193,7 @@ class SessionManager:
                     seccomp=self.config.security.seccomp,
                 )
                 await asyncio.to_thread(self.images.lease, session_id, image)
-                try:
-                    sandbox = await self.runtime.create(spec)
-                except BaseException:
-                    await asyncio.to_thread(self.images.release, session_id)
-                    raise
+                sandbox = await self._create_shielded(spec)
             else:
                 await asyncio.to_thread(self.images.lease, sandbox.id, image)
             return self._register(
@@ -208,6 +205,33 @@ class SessionManager:
             )
         finally:
             self._pending -= 1
+
+    async def _create_shielded(self, spec: SessionSpec) -> Sandbox:
+        """``runtime.create``, not abandoned half-way: if the request is cancelled (client
+        gone, daemon stopping) the creation finishes and the sandbox is destroyed, instead
+        of living on unregistered."""
+        task = asyncio.ensure_future(self.runtime.create(spec))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._discard(t, spec.id))
+            raise
+        except BaseException:
+            await asyncio.to_thread(self.images.release, spec.id)
+            raise
+
+    def _discard(self, task: asyncio.Future[Sandbox], session_id: str) -> None:
+        async def run() -> None:
+            try:
+                if not task.cancelled() and task.exception() is None:
+                    await task.result().destroy()
+            except Exception:
+                log.exception("discarding an abandoned sandbox failed id=%s", session_id)
+            finally:
+                await asyncio.to_thread(self.images.release, session_id)
+
+        self._background.add(t := asyncio.ensure_future(run()))
+        t.add_done_callback(self._background.discard)
 
     def _register(
         self,

@@ -101,6 +101,23 @@ def test_background_daemon_ps_rm_logs_stop(workdir: Path) -> None:
     assert run(workdir, "ps", "-q").stdout == ""
     logs = run(workdir, "logs")
     assert f"session created id={sid}" in logs.stdout and "sandkasten daemon ready" in logs.stdout
+    follow = subprocess.Popen([SANDKASTEN, "logs", "-f", "-n", "1"], cwd=workdir,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        follow.stdout.readline()  # the last line so far
+        with httpx.Client(base_url=f"http://{cfg['listen']}",
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            new = c.post("/v1/sessions", json={}).json()["id"]
+        for _ in range(20):  # lines written after it started arrive
+            if f"session created id={new}" in follow.stdout.readline():
+                break
+        else:
+            raise AssertionError("logs -f did not follow")
+    finally:
+        follow.terminate()
+        follow.communicate(timeout=10)  # closes its pipe
+    run(workdir, "rm", new)
     stop = run(workdir, "stop")
     assert stop.returncode == 0 and "stopped" in stop.stdout
     one_error(run(workdir, "stop"), "no daemon is running", "sandkasten daemon -d")

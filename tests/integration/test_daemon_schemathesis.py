@@ -34,6 +34,6 @@ def test_schemathesis_finds_no_failure(daemon: DaemonProcess, tmp_path: Path) ->
     )
     report = r.stdout + r.stderr
     (tmp_path / "schemathesis.txt").write_text(report)
-    assert r.returncode == 0, report[:8000]
+    assert r.returncode == 0, report[:8000] + "\n--- daemon log ---\n" + daemon.log()[-8000:]
     assert "Server error" not in report
     assert "ERROR internal error" not in daemon.log()

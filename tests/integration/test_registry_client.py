@@ -164,3 +164,17 @@ def test_corrupted_blob_is_refused(registry, big_image, tmp_path):
         r = rc.resolve(f"{proxy.host}/client/big:1")
         with pytest.raises(DigestMismatchError, match="does not match its digest"):
             b"".join(rc.stream_blob(r.reference, r.manifest.layers[0]))
+
+
+def test_docker_hub_names_go_to_mirrors_first(registry, tmp_path):
+    """``python:1`` resolves through the first mirror that answers; Hub is never contacted."""
+    im = push_image(registry, "library/mirrored", "1", [[file("from-mirror", b"yes")]])
+    dead = f"127.0.0.1:{free_port()}"
+    config = cfg(tmp_path, registry_mirrors=[f"http://{dead}", registry.host], max_attempts=1)
+    with RegistryClient(config) as rc:
+        r = rc.resolve("mirrored:1")
+        assert r.endpoint == registry.host
+        assert r.reference.registry == "docker.io"
+        assert r.manifest_digest == im.manifest_digest
+        layer = r.manifest.layers[0]
+        assert b"".join(rc.stream_blob(r.reference, layer)) == im.blobs[layer.digest]

@@ -7,7 +7,18 @@
   (``listen: 127.0.0.1:0``; the address is read from its ``INFO listening addr=`` line),
   with a temporary data dir holding test images (:func:`install_test_images`).
 - the ``daemon`` fixture (in tests that import it): yields a running :class:`DaemonProcess`
-  with ``base_url`` and ``api_key``; other test modules may use it as they are.
+  with ``base_url`` and ``api_key``; ``daemon_factory(**config)`` starts more, with extra
+  config keys (``pool={...}``, ``keep_sessions_on_shutdown=True``, …). Use them as::
+
+      from tests.support.daemon import daemon, daemon_factory, image_store  # fixtures
+
+      def test_something(daemon):
+          with daemon.client() as c:          # httpx.Client with the API key set
+              sid = c.post("/v1/sessions", json={"image": "busybox"}).json()["id"]
+
+  Images in the store: ``busybox`` (busybox-static) and ``python`` (Debian + python3).
+  Each daemon gets its own short data dir; stop, leaked-mount check and removal are done
+  by the fixture.
 """
 
 from __future__ import annotations

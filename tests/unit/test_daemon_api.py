@@ -626,3 +626,28 @@ def test_sessions_whose_sandbox_died_are_removed(api: Api) -> None:
     _wait(lambda: api.c.get(f"/v1/sessions/{sid}").status_code == 404)
     assert api.runtime.live[sid].destroyed and sid not in api.images.leases
     assert api.c.get(f"/v1/sessions/{keep}").status_code == 200
+
+
+def test_a_cancelled_create_leaves_no_sandbox(tmp_path: Path) -> None:
+    import asyncio
+
+    from sandkasten.session.manager import CreateRequest, SessionManager
+    from sandkasten.store.db import StateDB
+
+    cfg = make_config(tmp_path)
+    rt, images = FakeRuntime(tmp_path / "rt", create_delay=0.3), FakeImages()
+    db = StateDB(cfg.database_path)
+    m = SessionManager(cfg, rt, db, images)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(m.create(CreateRequest()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.6)
+
+    asyncio.run(scenario())
+    db.close()
+    assert len(rt.created) == 1 and rt.live[rt.created[0]].destroyed
+    assert m.list_sessions() == [] and images.leases == {}
