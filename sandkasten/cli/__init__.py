@@ -23,6 +23,10 @@ from sandkasten.cli import daemon as _daemon  # noqa: E402 (registers on ``app``
 
 _daemon.register(app)
 
+from sandkasten.cli import ops  # noqa: E402 (registers init, doctor, security, mcp)
+
+ops.register(app)
+
 
 def main() -> None:
     app()
