@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
-import os
 import posixpath
 from collections.abc import Awaitable
 from pathlib import Path
