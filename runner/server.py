@@ -41,6 +41,26 @@ def release_free_memory() -> None:
         _libc.malloc_trim(0)
 
 
+def _chunk_sender(send: Callable[[p.Message], None]) -> Callable[[str], None]:
+    """Stream chunks until the client goes away, then drop them silently.
+
+    The exec must run on to its end marker even when nobody reads it any more: stopping
+    mid-read would leave the marker in the PTY, where the next exec would read it as its
+    own output. The final reply's send then fails and closes the connection.
+    """
+    gone = False
+
+    def on_chunk(text: str) -> None:
+        nonlocal gone
+        if not gone:
+            try:
+                send(p.Chunk(data=text))
+            except OSError:
+                gone = True
+
+    return on_chunk
+
+
 @dataclass
 class RunnerConfig:
     env: dict[str, str]
@@ -117,8 +137,7 @@ class Runner:
 
     def _dispatch(self, msg: p.Message, send: Callable[[p.Message], None]) -> p.Message:
         if isinstance(msg, p.Exec | p.ExecStream):
-            on_chunk = (lambda s: send(p.Chunk(data=s))) if isinstance(msg, p.ExecStream) \
-                else None
+            on_chunk = _chunk_sender(send) if isinstance(msg, p.ExecStream) else None
             if self.cfg.exec_mode == "stateless":
                 code, out, _, trunc, to, ms = run_plain(
                     msg.cmd, env=self.cfg.env, cwd=self.cfg.workdir, reaper=self.reaper,
