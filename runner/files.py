@@ -73,12 +73,26 @@ def as_user(uid: int, gid: int) -> Iterator[None]:
 
 
 def _translate(e: OSError, path: str) -> FileOpError:
-    code = {errno.ENOENT: "not_found", errno.EACCES: "permission_denied",
-            errno.EPERM: "permission_denied", errno.EISDIR: "is_a_directory",
-            errno.ENOTDIR: "not_a_directory", errno.ELOOP: "invalid",
-            errno.ENOSPC: "no_space", errno.EDQUOT: "no_space",
-            errno.EROFS: "read_only"}.get(e.errno or 0, "io_error")
-    return FileOpError(code, f"{path}: {e.strerror}")
+    return FileOpError(ERRNO_CODES.get(e.errno or 0, "io_error"), f"{path}: {e.strerror}")
+
+
+# errno → the protocol's stable file-error code. The daemon maps these codes (never the
+# message text) to HTTP statuses; io_error is left for faults no caller can act on.
+ERRNO_CODES: dict[int, str] = {
+    errno.ENOENT: "not_found",
+    errno.EEXIST: "exists",
+    errno.ENAMETOOLONG: "name_too_long",
+    errno.ENOTDIR: "not_a_directory",
+    errno.EISDIR: "is_a_directory",
+    errno.ENOTEMPTY: "not_empty",
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space",
+    errno.EFBIG: "file_too_large",
+    errno.EROFS: "read_only",
+    errno.ELOOP: "invalid",
+}
 
 
 class Files:

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import select
 import socket
 import sys
 import threading
@@ -27,6 +28,7 @@ from runner.shell import Shell, ShellConfig
 
 _libc = ctypes.CDLL(None)
 SWITCH_INTERVAL = 0.0002  # seconds
+IDLE_TRIM_MS = 100  # a connection this long without a request counts as idle
 
 
 def release_free_memory() -> None:
@@ -37,6 +39,26 @@ def release_free_memory() -> None:
     """
     with contextlib.suppress(AttributeError):  # not glibc
         _libc.malloc_trim(0)
+
+
+def _chunk_sender(send: Callable[[p.Message], None]) -> Callable[[str], None]:
+    """Stream chunks until the client goes away, then drop them silently.
+
+    The exec must run on to its end marker even when nobody reads it any more: stopping
+    mid-read would leave the marker in the PTY, where the next exec would read it as its
+    own output. The final reply's send then fails and closes the connection.
+    """
+    gone = False
+
+    def on_chunk(text: str) -> None:
+        nonlocal gone
+        if not gone:
+            try:
+                send(p.Chunk(data=text))
+            except OSError:
+                gone = True
+
+    return on_chunk
 
 
 @dataclass
@@ -63,6 +85,8 @@ class Runner:
         self._shell: Shell | None = None
         self._shell_lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._busy = 0  # requests being handled, over all connections
+        self._busy_lock = threading.Lock()
         self._closed = False
 
     # --- shell ----------------------------------------------------------------------------
@@ -113,8 +137,7 @@ class Runner:
 
     def _dispatch(self, msg: p.Message, send: Callable[[p.Message], None]) -> p.Message:
         if isinstance(msg, p.Exec | p.ExecStream):
-            on_chunk = (lambda s: send(p.Chunk(data=s))) if isinstance(msg, p.ExecStream) \
-                else None
+            on_chunk = _chunk_sender(send) if isinstance(msg, p.ExecStream) else None
             if self.cfg.exec_mode == "stateless":
                 code, out, _, trunc, to, ms = run_plain(
                     msg.cmd, env=self.cfg.env, cwd=self.cfg.workdir, reaper=self.reaper,
@@ -156,9 +179,19 @@ class Runner:
     # --- sockets --------------------------------------------------------------------------
 
     def serve_connection(self, conn: socket.socket) -> None:
+        """Serve ``conn``'s requests in order until the daemon closes it.
+
+        The daemon keeps connections open between requests, so "idle" is not "no
+        connection": once a connection has had no request for ``IDLE_TRIM`` seconds and
+        no other request is in flight, free memory is given back (``release_free_memory``),
+        off every request's path.
+        """
         self._conns.add(conn)
         dec = p.Decoder()
         lock = threading.Lock()
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+        trimmed = True
 
         def send(m: p.Message) -> None:
             with lock:
@@ -166,11 +199,25 @@ class Runner:
 
         try:
             while not self._closed:
+                if not trimmed and not poller.poll(IDLE_TRIM_MS):
+                    with self._busy_lock:
+                        idle = self._busy == 0
+                    if idle:
+                        release_free_memory()
+                    trimmed = True
+                    continue
                 data = conn.recv(1 << 20)
                 if not data:
                     break
                 for msg in dec.feed(data):
-                    self.handle(msg, send)
+                    with self._busy_lock:
+                        self._busy += 1
+                    try:
+                        self.handle(msg, send)
+                    finally:
+                        with self._busy_lock:
+                            self._busy -= 1
+                    trimmed = False
         except p.ProtocolError as e:
             with contextlib.suppress(OSError):
                 send(p.Error(code="invalid", message=str(e)))

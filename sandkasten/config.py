@@ -183,6 +183,18 @@ class Config(BaseSettings):
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
 
+    def check_serving(self) -> None:
+        """Raise ConfigError when this config must not be served: a non-loopback ``listen``
+        with an empty ``api_key`` would hand root-run sandboxes to anyone on the network.
+        ``create_app`` and the CLI's start-up both call this, so no entry point skips it."""
+        if not self.api_key and not self.is_loopback():
+            raise ConfigError(
+                f"refusing to listen on {self.listen} without an api_key "
+                "(listen is not a loopback address and api_key is empty)",
+                hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), "
+                "or listen on 127.0.0.1",
+            )
+
 
 def split_listen(v: str) -> tuple[str, int]:
     """``"127.0.0.1:8080"`` → ("127.0.0.1", 8080); ``"[::1]:80"`` and ``":8080"`` work too."""

@@ -61,6 +61,7 @@ def create_app(
     pool: Any = None,
     reaper_interval: float = 1.0,
 ) -> FastAPI:
+    config.check_serving()  # before anything is created: no runtime, no database
     if runtime is None:
         runtime = make_runtime(config)
     if images is None:

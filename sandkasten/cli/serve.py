@@ -90,11 +90,7 @@ def preflight(config: Config) -> None:
             "permission denied: the daemon needs root for namespaces, mounts and cgroups",
             hint="run it with sudo: sudo sandkasten --config sandkasten.yaml",
         )
-    if not config.api_key and not config.is_loopback():
-        raise ConfigError(
-            f"refusing to listen on {config.listen} without an api_key",
-            hint="set api_key in sandkasten.yaml (or SANDKASTEN_API_KEY), or listen on 127.0.0.1",
-        )
+    config.check_serving()
     # Before creating anything: a data_dir on a Windows drive must not be touched.
     kind = fs_type(_existing_ancestor(config.data_dir))
     windows_drive = re.match(r"^/mnt/[a-zA-Z](/|$)", str(config.data_dir)) is not None

@@ -4,9 +4,10 @@
     def test_x(linux_runtime, busybox_layer):
         sb = run(linux_runtime.create(spec_for(busybox_layer, "x1")))
 
-``run`` drives a coroutine to completion: ``LinuxSandbox`` opens a connection per request,
-so one sandbox can be used from successive event loops. Sessions are destroyed and the
-runtime's cgroup parent is unique per test module, so nothing is left behind.
+``run`` drives a coroutine to completion: ``LinuxSandbox``'s pooled connections belong to
+no event loop, so one sandbox can be used from successive event loops. Sessions are
+destroyed and the runtime's cgroup parent is unique per test module, so nothing is left
+behind.
 """
 
 from __future__ import annotations

@@ -335,3 +335,49 @@ def test_v1_self_move_of_a_single_threaded_process_uses_tasks(fake: FakeCgroupFS
     finally:
         p.kill()
         p.wait()
+
+
+# -- recorded paths: a daemon restarted in another cgroup --------------------------------
+
+def test_v2_open_paths_from_another_daemon_cgroup(fake: FakeCgroupFS) -> None:
+    psc = fake.make_v2(ALL, own="/svc/a")
+    old = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=psc)
+    cg = old.create("s1", LIMITS)
+    recorded = cg.paths()
+    assert recorded == {"": str(fake.root / "svc/a/sk/s1")}
+    fake._v2_dir(fake.root / "svc/b", ALL)
+    new = open_manager(fake.root, "sk", fs=fake,
+                       proc_self_cgroup=fake.proc_self_cgroup("0::/svc/b\n"))
+    assert new.open("s1") is None  # not under the new daemon's parent
+    found = new.open_paths("s1", recorded)
+    assert found is not None and found.paths() == recorded
+    assert found.stats().memory_limit == 256 << 20
+    found.remove()
+    assert not (fake.root / "svc/a/sk/s1").exists()
+
+
+def test_v1_open_paths_from_another_daemon_cgroup(fake: FakeCgroupFS) -> None:
+    psc = fake.make_v1(V1_HOST, own={"memory": "/a"}, unified=["hugetlb"])
+    old = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=psc)
+    recorded = old.create("s1", LIMITS).paths()
+    assert recorded["memory"] == str(fake.root / "memory/a/sk/s1")
+    (fake.root / "memory/b").mkdir()
+    fake._v1_files(fake.root / "memory/b", ["memory"], False)
+    new = open_manager(fake.root, "sk2", fs=fake,
+                       proc_self_cgroup=fake.proc_self_cgroup("4:memory:/b\n"))
+    assert new.open("s1") is None
+    found = new.open_paths("s1", recorded)
+    assert found is not None and found.stats().memory_limit == 256 << 20
+    found.remove()
+    assert not (fake.root / "memory/a/sk/s1").exists()
+
+
+@pytest.mark.parametrize("paths", [
+    {"": "/etc/s1"},  # outside the hierarchy
+    {"": "{root}/x/other"},  # another cgroup's name
+    {"": "{root}/x/../../s1"},
+])
+def test_open_paths_refuses_foreign_paths(fake: FakeCgroupFS, paths: dict[str, str]) -> None:
+    mgr = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=fake.make_v2(ALL))
+    recorded = {k: v.format(root=fake.root) for k, v in paths.items()}
+    assert mgr.open_paths("s1", recorded) is None

@@ -19,6 +19,7 @@ import pytest
 
 from sandkasten.api import create_app
 from sandkasten.config import Config, load_config
+from sandkasten.errors import ConfigError
 from tests.support.daemon import serve_app
 from tests.support.fake_runtime import FakeImages, FakeRuntime
 
@@ -651,3 +652,26 @@ def test_a_cancelled_create_leaves_no_sandbox(tmp_path: Path) -> None:
     db.close()
     assert len(rt.created) == 1 and rt.live[rt.created[0]].destroyed
     assert m.list_sessions() == [] and images.leases == {}
+
+
+@pytest.mark.parametrize(("listen", "key", "refused"), [
+    ("0.0.0.0:8080", "", True),
+    ("[::]:8080", "", True),
+    ("192.0.2.1:8080", "", True),
+    ("0.0.0.0:8080", "k", False),
+    ("127.0.0.1:8080", "", False),
+    ("localhost:8080", "", False),
+])
+def test_create_app_refuses_open_listen_without_key(tmp_path: Path, listen: str, key: str,
+                                                     refused: bool) -> None:
+    """The app itself (not only the CLI) refuses to serve a network address keyless."""
+    config = make_config(tmp_path, SANDKASTEN_LISTEN=listen, SANDKASTEN_API_KEY=key)
+    runtime = FakeRuntime(tmp_path / "sandboxes")
+    if not refused:
+        config.check_serving()  # what create_app runs first
+        return
+    with pytest.raises(ConfigError) as ei:
+        create_app(config, runtime, images=FakeImages())
+    assert "listen" in ei.value.message and "api_key" in ei.value.message
+    assert listen in ei.value.message
+    assert not config.database_path.exists()  # refused before anything was created

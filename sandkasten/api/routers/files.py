@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
-import os
 import posixpath
 from collections.abc import Awaitable
 from pathlib import Path
@@ -66,25 +64,19 @@ def decode_content(body: WriteFile) -> bytes:
         ) from None
 
 
-# The runner's file-operation codes → (status, code) of the API.
+# The runner's file-operation codes (runner.files.ERRNO_CODES) → (status, code) of the API.
 FILE_ERRORS: dict[str, tuple[int, str]] = {
     "not_found": (404, "file_not_found"),
     "permission_denied": (403, "permission_denied"),
+    "exists": (409, "path_conflict"),
     "is_a_directory": (409, "path_conflict"),
     "not_a_directory": (409, "path_conflict"),
+    "not_empty": (409, "path_conflict"),
     "invalid": (409, "path_conflict"),
     "read_only": (409, "read_only"),
+    "name_too_long": (400, "invalid_path"),
     "no_space": (413, "no_space"),
-}
-
-
-_STRERRORS: dict[str, tuple[int, str]] = {
-    os.strerror(errno.EEXIST): (409, "path_conflict"),
-    os.strerror(errno.ENOTDIR): (409, "path_conflict"),
-    os.strerror(errno.EISDIR): (409, "path_conflict"),
-    os.strerror(errno.ENOTEMPTY): (409, "path_conflict"),
-    os.strerror(errno.ENAMETOOLONG): (400, "invalid_path"),
-    os.strerror(errno.EFBIG): (413, "file_too_large"),
+    "file_too_large": (413, "file_too_large"),
 }
 
 
@@ -104,12 +96,6 @@ async def _fs(call: Awaitable[T]) -> T:
     except SandkastenError as e:
         if e.code in FILE_ERRORS:
             raise FileError(*FILE_ERRORS[e.code], e.message) from None
-        if e.code == "io_error":
-            # The runner reports errnos it has no code for as io_error "<path>: <strerror>";
-            # those that describe the request, not a fault, keep their meaning here.
-            for text, (status, code) in _STRERRORS.items():
-                if e.message.endswith(text):
-                    raise FileError(status, code, e.message) from None
         raise
 
 

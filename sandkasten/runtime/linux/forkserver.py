@@ -196,7 +196,8 @@ class ForkServer:
         try:
             # while PID 1 sets up: a restarted daemon finds the sandbox by this file
             state.write_state(str(pl.SessionPaths(Path(req.session_dir)).state), req.spec.id,
-                              child, req.cgroup.name if req.cgroup else None)
+                              child, req.cgroup.name if req.cgroup else None,
+                              req.cgroup.paths() if req.cgroup else None)
         except OSError as e:
             os.close(r)
             with contextlib.suppress(ProcessLookupError):

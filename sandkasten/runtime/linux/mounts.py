@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
+from sandkasten.runtime.linux import unixaddr
 
 
 class SetupStepError(Exception):
@@ -113,7 +114,10 @@ def run_op(op: pl.Op, ctx: Context) -> None:
             os.unlink(op.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(op.path)
+            # a long data_dir's path does not fit sockaddr_un: bind through the directory
+            with unixaddr.short_path(op.path) as addr:
+                listener.bind(addr)
+            # the session directory is 0700 root, so nobody can reach the socket before this
             os.chmod(op.path, 0o600)
             listener.listen(128)
         except BaseException:

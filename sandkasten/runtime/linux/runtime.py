@@ -177,6 +177,15 @@ class LinuxRuntime:
         except (OSError, ValueError):
             return None
 
+    def _open_cgroup(self, session_id: str, state: dict[str, Any] | None) -> Cgroup | None:
+        """The session's cgroup where its state recorded it (a daemon restarted in another
+        cgroup has a different parent), else by name under this runtime's parent."""
+        name = (state or {}).get("cgroup") or self.cgroup_name(session_id)
+        paths = (state or {}).get("cgroup_paths")
+        if isinstance(paths, dict) and paths:
+            return self.cgroups.open_paths(name, {str(k): str(v) for k, v in paths.items()})
+        return self.cgroups.open(name)
+
     def _alive(self, state: dict[str, Any] | None) -> bool:
         return state is not None and proc_start_time(state["pid"]) == state.get("start_time")
 
@@ -250,7 +259,7 @@ class LinuxRuntime:
         if not self._alive(state):
             return None
         assert state is not None
-        cg = self.cgroups.open(state["cgroup"]) if state.get("cgroup") else None
+        cg = self._open_cgroup(session_id, state) if state.get("cgroup") else None
         sb = LinuxSandbox(self, session_id, state["pid"],
                           str(self.paths(session_id).socket), cg)
         try:
@@ -265,7 +274,7 @@ class LinuxRuntime:
     def destroy_sync(self, session_id: str) -> None:
         """Kill every process, remove the cgroup and the session directory. Idempotent."""
         state = self._read_state(session_id)
-        cg = self.cgroups.open(self.cgroup_name(session_id))
+        cg = self._open_cgroup(session_id, state)
         pid = state["pid"] if state and self._alive(state) else None
         self._teardown(session_id, pid, cg)
 

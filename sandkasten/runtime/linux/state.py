@@ -26,10 +26,14 @@ def proc_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def write_state(path: str, session_id: str, pid: int, cgroup: str | None) -> None:
-    """Atomically write ``path`` (a temp file renamed over it); OSError on failure."""
+def write_state(path: str, session_id: str, pid: int, cgroup: str | None,
+                cgroup_paths: dict[str, str] | None = None) -> None:
+    """Atomically write ``path`` (a temp file renamed over it); OSError on failure.
+
+    ``cgroup_paths`` (controller → directory) records where the session's cgroup is, so a
+    daemon restarted under another cgroup attaches to and cleans up the right one."""
     state = {"id": session_id, "pid": pid, "start_time": proc_start_time(pid),
-             "cgroup": cgroup, "created": time.time()}
+             "cgroup": cgroup, "cgroup_paths": cgroup_paths or {}, "created": time.time()}
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(state))

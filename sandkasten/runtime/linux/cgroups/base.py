@@ -8,7 +8,7 @@ import re
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,12 @@ class CgroupStats:
     throttled_usec: int = 0
 
 
+def within(path: Path, top: Path) -> bool:
+    """``path`` is an absolute, ``..``-free path strictly below ``top``."""
+    return path.is_absolute() and ".." not in path.parts and path != top \
+        and path.is_relative_to(top)
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"invalid cgroup name {name!r}: use letters, digits, '_', '.', '-'")
@@ -98,6 +104,13 @@ class Cgroup(ABC):
         Raises ``CgroupError`` if processes remain after ``timeout`` seconds.
         """
 
+    def paths(self) -> dict[str, str]:
+        """Where this cgroup lives: controller (``""`` for cgroup v2) → absolute directory.
+
+        Stored in the session's state so that a daemon restarted in another cgroup (whose
+        manager would look under a different parent) still finds it: ``open_paths``."""
+        return {}
+
     @abstractmethod
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left and remove the cgroup directories. A missing cgroup is fine.
@@ -120,6 +133,13 @@ class CgroupManager(ABC):
     @abstractmethod
     def open(self, name: str) -> Cgroup | None:
         """The existing cgroup ``name``, or None."""
+
+    def open_paths(self, name: str, paths: Mapping[str, str]) -> Cgroup | None:
+        """The existing cgroup recorded as ``paths`` (what ``Cgroup.paths`` returned when
+        it was created, possibly by a daemon in another cgroup), or None. Paths outside
+        this manager's hierarchy are ignored, so a tampered state file cannot point the
+        daemon's kill and rmdir at another cgroup."""
+        return self.open(name)
 
     @abstractmethod
     def list(self) -> list[str]:

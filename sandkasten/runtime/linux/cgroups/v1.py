@@ -14,6 +14,7 @@ limit (reclaim usually succeeds), so it is not a kill count and is not used.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from .base import (
@@ -28,6 +29,7 @@ from .base import (
     rmdir_retry,
     sigkill,
     wait_until,
+    within,
 )
 from .fs import UNLIMITED_V1, CgroupFS
 
@@ -74,6 +76,9 @@ class V1Cgroup(Cgroup):
 
     def _unique_dirs(self) -> list[Path]:
         return self.hierarchies
+
+    def paths(self) -> dict[str, str]:
+        return {c: str(d) for c, d in self.dirs.items()}
 
     def add_process(self, pid: int) -> None:
         """Move ``pid`` into this cgroup in every hierarchy.
@@ -222,6 +227,17 @@ class V1Manager(CgroupManager):
     def open(self, name: str) -> Cgroup | None:
         cg = self._cgroup(name)
         return cg if any(self.fs.exists(d) for d in cg.dirs.values()) else None
+
+    def open_paths(self, name: str, paths: Mapping[str, str]) -> Cgroup | None:
+        check_name(name)
+        dirs: dict[str, Path] = {}
+        for c, p in paths.items():
+            d = Path(p)
+            if c in self.parents and d.name == name and within(d, self.root / c):
+                dirs[c] = d
+        if not dirs or not any(self.fs.exists(d) for d in dirs.values()):
+            return self.open(name)
+        return V1Cgroup(self.fs, dirs, name)
 
     def list(self) -> list[str]:
         names: set[str] = set()

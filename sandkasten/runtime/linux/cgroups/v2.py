@@ -10,6 +10,7 @@ the leaf ``<base>/<LEAF>`` first (what docker-in-docker's entrypoint does with /
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from pathlib import Path
 
 from .base import (
@@ -24,6 +25,7 @@ from .base import (
     rmdir_retry,
     sigkill,
     wait_until,
+    within,
 )
 from .fs import CgroupFS
 
@@ -44,6 +46,9 @@ class V2Cgroup(Cgroup):
         self.fs = fs
         self.path = path
         self.name = path.name
+
+    def paths(self) -> dict[str, str]:
+        return {"": str(self.path)}
 
     def add_process(self, pid: int) -> None:
         try:
@@ -219,6 +224,15 @@ class V2Manager(CgroupManager):
     def open(self, name: str) -> Cgroup | None:
         path = self.path / check_name(name)
         return V2Cgroup(self.fs, path) if self.fs.exists(path) else None
+
+    def open_paths(self, name: str, paths: Mapping[str, str]) -> Cgroup | None:
+        check_name(name)
+        p = paths.get("")
+        if p is not None:
+            path = Path(p)
+            if path.name == name and within(path, self.root) and self.fs.exists(path):
+                return V2Cgroup(self.fs, path)
+        return self.open(name)
 
     def list(self) -> list[str]:
         return self.fs.children(self.path)
