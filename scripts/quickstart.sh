@@ -20,6 +20,9 @@ step "installing what is missing (scripts/deps.sh)"
 export PATH="$PWD/.venv/bin:$PATH"
 for cmd in sandkasten imgbuilder sandkasten-wsl; do
   link=/usr/local/bin/$cmd
+  if [[ -L $link && ! -e $link ]]; then
+    rm -f "$link"  # dangling: left by a checkout that is gone
+  fi
   if [[ ! -e $link && ! -L $link ]]; then
     ln -s "$PWD/.venv/bin/$cmd" "$link"
     echo "linked $link -> $PWD/.venv/bin/$cmd"
