@@ -14,7 +14,8 @@
 # (default /var/cache/sandkasten-vm; delete it to rebuild). The VM has no network device;
 # the project tree is shared read-only over virtio-9p and copied onto the VM's ext4 root
 # (overlayfs cannot use 9p as an upper dir); results come back through a second 9p share.
-# Environment: VM_MEM (MiB, 3072), VM_CPUS (2), VM_TIMEOUT (s, 2400), VM_ACCEL (kvm|tcg),
+# Environment: VM_DELEGATE=no (run pytest in a transient unit without Delegate=yes),
+# VM_MEM (MiB, 3072), VM_CPUS (2), VM_TIMEOUT (s, 2400), VM_ACCEL (kvm|tcg),
 # VM_KEEP_OUT=1 (keep the results dir: pytest.txt, env.txt).
 set -euo pipefail
 
@@ -73,7 +74,8 @@ fi
 
 # -- 3. rootfs with systemd, a Debian kernel and its initramfs -------------------------------
 IMG=$CACHE/root.img
-if [ ! -e "$CACHE/.image-complete" ]; then
+IMAGE_VERSION=2 # bump when the image's contents change: the next run rebuilds it
+if [ "$(cat "$CACHE/.image-complete" 2>/dev/null)" != "$IMAGE_VERSION" ]; then
     log "building the $SUITE rootfs (mmdebstrap, a few minutes)"
     ROOT=$CACHE/rootfs
     rm -rf "$ROOT" "$IMG"
@@ -85,41 +87,20 @@ if [ ! -e "$CACHE/.image-complete" ]; then
         --customize-hook='echo "/dev/vda / ext4 rw,relatime 0 1" >"$1/etc/fstab"' \
         --customize-hook="cp -r '$CACHE/wheels' \"\$1/tmp/wheels\"" \
         --customize-hook='chroot "$1" python3 -m venv /opt/sk-venv' \
-        --customize-hook='chroot "$1" /opt/sk-venv/bin/pip install --quiet --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.txt' \
+        --customize-hook='chroot "$1" env -u PIP_FIND_LINKS -u PIP_CONSTRAINT /opt/sk-venv/bin/pip install --quiet --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.txt' \
         --customize-hook='rm -rf "$1/tmp/wheels"' \
         "$SUITE" "$ROOT" || die "mmdebstrap failed"
 
+    # The image only mounts the shares; the steps live in the tree (cgroup-v2-inner.sh), so
+    # changing them needs no rebuild.
     install -m 0755 /dev/stdin "$ROOT/usr/local/sbin/sk-check-inner" <<'EOF'
 #!/bin/sh
-# Runs inside the VM as sk-check.service: mount the shares, copy the tree, run pytest.
-set -u
 mkdir -p /mnt/src /mnt/testcache /out
 modprobe -a 9pnet_virtio 9p overlay
 mount -t 9p -o trans=virtio,version=9p2000.L,ro src /mnt/src
 mount -t 9p -o trans=virtio,version=9p2000.L,ro testcache /mnt/testcache 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,rw out /out
-{
-    echo "kernel: $(uname -r)"
-    echo "cmdline: $(cat /proc/cmdline)"
-    echo "/sys/fs/cgroup: $(stat -fc %T /sys/fs/cgroup)"
-    echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
-    echo "own cgroup: $(cat /proc/self/cgroup)"
-    echo "v1 mounts: $(grep -c ' cgroup ' /proc/mounts)"
-} >/out/env.txt
-cat /out/env.txt
-rm -rf /root/src && mkdir -p /root/src /var/cache/sandkasten-tests
-tar -C /mnt/src --exclude=./.venv --exclude=./.git --exclude=__pycache__ -cf - . \
-    | tar -C /root/src -xf -
-for f in debian-bookworm-python3.tar; do
-    [ -e "/mnt/testcache/$f" ] && cp "/mnt/testcache/$f" /var/cache/sandkasten-tests/
-done
-cd /root/src
-# shellcheck disable=SC2046
-PYTHONPATH=/root/src PYTHONDONTWRITEBYTECODE=1 /opt/sk-venv/bin/python -m pytest \
-    -p no:cacheprovider -v $(cat /out/args) >/out/pytest.txt 2>&1
-echo $? >/out/rc
-cat /out/pytest.txt
-sync
+exec /bin/sh /mnt/src/scripts/vm/cgroup-v2-inner.sh
 EOF
     cat >"$ROOT/etc/systemd/system/sk-check.service" <<'EOF'
 [Unit]
@@ -149,13 +130,14 @@ EOF
     truncate -s 6G "$IMG"
     mkfs.ext4 -q -F -L sk-root -d "$ROOT" "$IMG" || die "mkfs.ext4 -d failed"
     rm -rf "$ROOT"
-    touch "$CACHE/.image-complete"
+    echo "$IMAGE_VERSION" >"$CACHE/.image-complete"
 fi
 
 # -- 4. boot and run -------------------------------------------------------------------------
 OUT=$(mktemp -d /tmp/sk-vm-out.XXXXXX)
 cleanup() { [ "${VM_KEEP_OUT:-0}" = 1 ] && log "results kept in $OUT" || rm -rf "$OUT"; }
 trap cleanup EXIT
+echo "${VM_DELEGATE:-yes}" >"$OUT/delegate"
 if [ $# -gt 0 ]; then printf '%s\n' "$@" >"$OUT/args"; else printf '%s\n' "${DEFAULT_TESTS[@]}" >"$OUT/args"; fi
 mkdir -p "$TEST_CACHE"
 
@@ -193,6 +175,7 @@ if [ "$qrc" = 124 ]; then log "the VM did not finish within ${TIMEOUT} s"; exit 
 [ -e "$OUT/rc" ] || { log "no result from the VM"; exit 2; }
 echo "---- VM environment"
 cat "$OUT/env.txt"
+head -n 1 "$OUT/pytest.txt"
 echo "---- pytest summary"
 tail -n 1 "$OUT/pytest.txt"
 exit "$(cat "$OUT/rc")"
