@@ -19,15 +19,19 @@ tar -C /mnt/src --exclude=./.venv --exclude=./.git --exclude=__pycache__ -cf - .
 cd /root/src || exit 2
 # the first line names the cgroup pytest starts in, as the daemon would see its own
 set -- sh -c 'echo "pytest starts in cgroup: $(cat /proc/self/cgroup)"; exec "$@"' sh \
-    env PYTHONPATH=/root/src PYTHONDONTWRITEBYTECODE=1 /opt/sk-venv/bin/python -m pytest \
+    env PYTHONPATH=/root/src PYTHONDONTWRITEBYTECODE=1 \
+    SANDKASTEN_EXPECT_DELEGATE="$(cat /out/delegate)" /opt/sk-venv/bin/python -m pytest \
     -p no:cacheprovider -v
 if [ "$(cat /out/delegate)" = no ]; then
     # a service that systemd has not delegated its cgroup to
     set -- systemd-run --quiet --wait --pipe --collect -p Delegate=no \
         --unit=sk-check-nodelegate.service --working-directory=/root/src "$@"
 fi
-# shellcheck disable=SC2046
-"$@" $(cat /out/args) >/out/pytest.txt 2>&1 </dev/null
+# one pytest argument per line (spaces inside an argument, as in -k "a or b", are kept)
+while IFS= read -r arg; do set -- "$@" "$arg"; done </out/args
+"$@" >/out/pytest.txt 2>&1 </dev/null
 echo $? >/out/rc
+journalctl -b --no-pager -o short-monotonic -u sk-check.service -u sk-check-nodelegate.service \
+    >/out/journal.txt 2>&1
 cat /out/pytest.txt
 sync
