@@ -122,8 +122,10 @@ def test_cpu_limit_throttles(cgroup_manager: CgroupManager) -> None:
         "def cpu():\n"
         "    t = os.times()\n"
         "    return t.user + t.system\n"
-        "t = time.monotonic()\n"
-        "while cpu() < 0.1:\n"
+        # relative to the cpu already used: interpreter start-up under a slow (emulated)
+        # cpu can take more than 0.1 s by itself, before the process joins the cgroup
+        "t, c = time.monotonic(), cpu()\n"
+        "while cpu() - c < 0.1:\n"
         "    pass\n"
         "wall = time.monotonic() - t\n"
         "t, c = time.monotonic(), cpu()\n"
@@ -131,14 +133,21 @@ def test_cpu_limit_throttles(cgroup_manager: CgroupManager) -> None:
         "    pass\n"
         "print(wall, cpu() - c)\n"
     )
+    start = time.monotonic()  # usage accrues from the move on (start-up may not be over)
     cg.add_process(p.pid)
     out, _ = release(p)
+    elapsed = time.monotonic() - start
     wall_for_100ms, used_in_1s = map(float, out.split())
     assert used_in_1s <= 0.35, used_in_1s  # unthrottled: ~1.0
     assert wall_for_100ms >= 0.3, wall_for_100ms  # unthrottled: ~0.1
     s = cg.stats()
     assert s.nr_throttled >= 4 and s.throttled_usec > 0
-    assert 100_000 <= s.cpu_usage_usec <= 600_000
+    # The cgroup's own (scheduler-precise) usage stays near the quota over the time the
+    # child was in it (unthrottled it would be about all of that time). Throttling acts at
+    # tick granularity, so a period can overrun its 20 ms by up to a tick: hence 0.3, not
+    # 0.2. os.times() above is tick-sampled and can disagree with this figure under an
+    # emulated cpu, so no tighter bound is derived from it.
+    assert 100_000 <= s.cpu_usage_usec <= 0.3 * elapsed * 1e6 + 20_000, (s, elapsed)
     cg.remove()
 
 
@@ -163,8 +172,8 @@ def test_kill_all_and_remove_leave_nothing(cgroup_manager: CgroupManager) -> Non
             try:
                 with open(f"/proc/{pid}/stat") as stat:
                     assert stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # reaped before the open, or between the open and the read (ESRCH)
     finally:
         p.kill()
         p.wait()

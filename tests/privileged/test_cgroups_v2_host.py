@@ -58,3 +58,14 @@ def test_v2_nested_delegated_daemon(v2: V2Manager) -> None:
     assert report["procs"] == [report["sleeper"]] and report["sleeper_rc"] == -9
     assert report["oom"] == {"rc": -9, "oom_kills": 1}
     assert report["left"] == []
+
+
+def test_v2_systemd_delegation_is_detected(v2: V2Manager) -> None:
+    # Without Delegate=yes systemd stops the whole service at a sandbox's OOM kill, so the
+    # manager must see, from the xattr systemd puts on delegated cgroups, which case it is in.
+    expect = os.environ.get("SANDKASTEN_EXPECT_DELEGATE")
+    if expect is None:
+        pytest.skip("needs a systemd service with a known Delegate= (cgroup-v2-check.sh)")
+    service = v2.base.name
+    assert service.endswith(".service")
+    assert v2.undelegated == (None if expect == "yes" else service)

@@ -381,3 +381,28 @@ def test_open_paths_refuses_foreign_paths(fake: FakeCgroupFS, paths: dict[str, s
     mgr = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=fake.make_v2(ALL))
     recorded = {k: v.format(root=fake.root) for k, v in paths.items()}
     assert mgr.open_paths("s1", recorded) is None
+
+
+@pytest.mark.parametrize(("own", "delegated", "expected"), [
+    ("/system.slice/sandkasten.service", False, "sandkasten.service"),
+    ("/system.slice/sandkasten.service", True, None),
+    ("/system.slice/sandkasten@2.service", False, "sandkasten@2.service"),
+    ("/user.slice/user-1000.slice/session-3.scope", False, None),  # not a service
+    ("/", False, None),
+])
+def test_v2_service_without_delegate_is_reported(fake: FakeCgroupFS, own: str, delegated: bool,
+                                                  expected: str | None,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # systemd stops an undelegated service at the first OOM kill anywhere below it (seen in
+    # the cgroup v2 VM), so the daemon names the missing Delegate=yes at start-up.
+    psc = fake.make_v2(ALL, own=own)
+    base = fake.root / own.lstrip("/")
+    if delegated:
+        try:
+            os.setxattr(base, "user.delegate", b"1")  # systemd >= 251 marks delegation so
+        except OSError as e:
+            pytest.skip(f"the test directory's filesystem has no user xattrs: {e.strerror}")
+    with caplog.at_level("WARNING", logger="sandkasten"):
+        mgr = open_manager(fake.root, "sk", fs=fake, proc_self_cgroup=psc)
+    assert isinstance(mgr, V2Manager) and mgr.undelegated == expected
+    assert ("Delegate=yes" in caplog.text) == (expected is not None)

@@ -35,6 +35,13 @@ class CgroupFS:
     def exists(self, path: Path) -> bool:
         return path.exists()
 
+    def xattr(self, path: Path, name: str) -> bytes | None:
+        """The extended attribute ``name`` of ``path``, or None where it is not set."""
+        try:
+            return os.getxattr(path, name)
+        except OSError:
+            return None
+
     def mkdir(self, path: Path) -> None:
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o755)

@@ -10,6 +10,7 @@ the leaf ``<base>/<LEAF>`` first (what docker-in-docker's entrypoint does with /
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,24 @@ from .base import (
 from .fs import CgroupFS
 
 LEAF = "sandkasten-daemon"
+log = logging.getLogger("sandkasten")
+
+
+def undelegated_service(fs: CgroupFS, base: Path, root: Path) -> str | None:
+    """The systemd service whose cgroup ``base`` is, when systemd has not delegated it.
+
+    Such a service is stopped by systemd at the first OOM kill in any sandbox: the default
+    ``OOMPolicy=stop`` watches the service cgroup's hierarchical ``memory.events``, and only
+    for a delegated cgroup reads ``memory.events.local`` instead (shown in a cgroup v2 VM,
+    see docs/security.md). systemd (>= 251) marks a delegated cgroup with the xattr
+    ``trusted.delegate`` (``user.delegate`` under a user manager).
+    """
+    if base == root or not base.name.endswith(".service"):
+        return None
+    for attr in ("trusted.delegate", "user.delegate"):
+        if fs.xattr(base, attr) == b"1":
+            return None
+    return base.name
 
 
 def _descendants(fs: CgroupFS, path: Path) -> list[Path]:
@@ -152,6 +171,12 @@ class V2Manager(CgroupManager):
             base = base.parent  # already moved into our leaf (a restart, or a forked helper)
         self.base = base
         self.path = base / check_name(parent)
+        self.undelegated = undelegated_service(fs, base, root)
+        if self.undelegated:
+            log.warning(
+                "the daemon runs in the systemd service %s without Delegate=yes: systemd "
+                "stops the service (and every sandbox) at the first OOM kill in a sandbox; "
+                "add Delegate=yes to its [Service] section", self.undelegated)
         self._delegate()
 
     def _enable(self, cg: Path, wanted: list[str]) -> None:
