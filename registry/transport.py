@@ -206,10 +206,8 @@ class Transport:
             self._challenge[host] = challenge
             self._bases[host] = f"{scheme}://{host}"
             return self._bases[host]
-        hint = None
-        if not self.insecure(host):
-            hint = f"for a plain-HTTP registry add {host!r} to insecure_registries in the config"
-        raise UnreachableError(f"registry {host} is unreachable ({last})", hint=hint)
+        raise UnreachableError(f"registry {host} is unreachable ({last})",
+                               hint=unreachable_hint(host, str(last), self.insecure(host)))
 
     # -- credentials and tokens --------------------------------------------------------
 
@@ -421,3 +419,13 @@ class Transport:
             f"registry {host} answered HTTP {code} for {what or repository}"
             + (f": {detail}" if detail else "")
         )
+
+
+def unreachable_hint(host: str, error: str, insecure: bool) -> str | None:
+    """The fix to suggest when no endpoint of ``host`` answered, from the last error's text."""
+    if "Name or service not known" in error or "name resolution" in error:
+        return (f"{host!r} does not resolve: check the name and this machine's DNS; offline, "
+                "use registry_mirrors, `imgbuilder import` or `imgbuilder bootstrap`")
+    if not insecure:
+        return f"for a plain-HTTP registry add {host!r} to insecure_registries in the config"
+    return None
