@@ -28,6 +28,7 @@ import re
 import shutil
 import sys
 import tarfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,12 +78,12 @@ def is_image_archive(head: bytes) -> bool:
 
 
 # -- sources: a directory or a tar file, read by relative path ------------------------------
-class _Layout:
-    def open(self, rel: str) -> BinaryIO:
-        raise NotImplementedError
+class _Layout(ABC):
+    @abstractmethod
+    def open(self, rel: str) -> BinaryIO: ...
 
-    def exists(self, rel: str) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def exists(self, rel: str) -> bool: ...
 
     def read(self, rel: str, limit: int = 16 << 20) -> bytes:
         with self.open(rel) as f:
