@@ -144,7 +144,7 @@ def test_port_in_use(workdir: Path) -> None:
 
 def test_not_root(workdir: Path) -> None:
     if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is missing")
+        pytest.fail("setpriv (util-linux) is missing: run scripts/deps.sh")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SANDKASTEN_")}
     readable = Path(tempfile.mkdtemp(prefix="skc-user-"))
     try:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["bash", "sh"])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LinuxSandbox]:
     if request.param == "sh" and not os.path.exists("/bin/busybox"):
-        pytest.skip("busybox-static is not installed")
+        pytest.fail("busybox-static is not installed: run scripts/deps.sh")
     prefer = ["bash"] if request.param == "bash" else ["/bin/busybox"]
     work = tmp_path / "work"
     work.mkdir()
