@@ -31,7 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.bench_sandbox import extract_rootfs, pss_kib, tree
+from bench.bench_sandbox import extract_rootfs
+from bench.procs import memory_kib, tree
 
 
 def _ms(ns: int) -> float:
@@ -110,7 +111,7 @@ async def profile(rootfs: Path, runs: int, cmd: str, bwrap_cmd: list[str] | None
                     print(f"  {pid:>7} {comm:<10} Pss {m.get('Pss', 0):>6}  Pss_Anon "
                           f"{m.get('Pss_Anon', 0):>6}  Pss_File {m.get('Pss_File', 0):>6}  "
                           f"Rss {m.get('Rss', 0):>6}")
-                print(f"  total PSS {pss_kib(pids)} KiB\n")
+                print(f"  total PSS {memory_kib(pids)[0]} KiB\n")
             await sb.destroy()
             live.remove(sb)
             if bwrap_cmd is not None:
