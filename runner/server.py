@@ -73,6 +73,11 @@ class RunnerConfig:
     # runs in the thread that spawns each user process (``init.spawn``): drops that thread's
     # privileges and loads its seccomp filter, never the whole process's
     setup: Callable[[], None] | None = None
+    # called once each, when the first request arrives and after its reply: PID 1 tells
+    # the fork server (which forks its next spare meanwhile and may learn which pages the
+    # sandbox's start wrote: ``sandkasten.runtime.linux.pretouch``)
+    first_request_started: Callable[[], None] | None = None
+    first_request_done: Callable[[], None] | None = None
 
 
 class Runner:
@@ -212,11 +217,21 @@ class Runner:
                 for msg in dec.feed(data):
                     with self._busy_lock:
                         self._busy += 1
+                        started, self.cfg.first_request_started = \
+                            self.cfg.first_request_started, None
+                    if started is not None:
+                        with contextlib.suppress(Exception):
+                            started()
                     try:
                         self.handle(msg, send)
                     finally:
                         with self._busy_lock:
                             self._busy -= 1
+                            done, self.cfg.first_request_done = \
+                                self.cfg.first_request_done, None
+                    if done is not None:
+                        with contextlib.suppress(Exception):
+                            done()
                     trimmed = False
         except p.ProtocolError as e:
             with contextlib.suppress(OSError):

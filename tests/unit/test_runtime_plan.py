@@ -28,10 +28,13 @@ def kinds(ops: list[pl.Op]) -> list[str]:
 def test_order_of_the_stages() -> None:
     ops = pl.plan_session(spec(), PATHS, "sk-s1")
     k = kinds(ops)
-    # PID 1 first: it joins the cgroup before anything else (and before the cgroup
-    # namespace exists); private before any mount; the socket bound on the host
-    assert k[:5] == ["ForkPid1", "JoinCgroup", "Unshare", "MakePrivate", "Listen"]
-    assert ops[4] == pl.Listen("/data/sessions/s1/runner.sock")
+    # what a spare PID 1 does before any request is the same for every session; then the
+    # session's: the cgroup joined before the cgroup namespace exists, private before any
+    # mount, the socket bound on the host
+    assert ops[:5] == [pl.ForkPid1(), *pl.spare_plan(), pl.Assign()]
+    assert k[5:9] == ["JoinCgroup", "Unshare", "MakePrivate", "Listen"]
+    assert ops[6] == pl.Unshare(ns.CLONE_NEWCGROUP)
+    assert ops[8] == pl.Listen("/data/sessions/s1/runner.sock")
     # host paths used only before pivot_root; everything after resolves inside the root
     assert k.index("MountOverlay") < k.index("OpenBindSource") < k.index("PivotRoot")
     after = ops[k.index("PivotRoot") + 1:]
@@ -48,13 +51,18 @@ def test_order_of_the_stages() -> None:
 
 def test_namespaces_and_hostname() -> None:
     ops = pl.plan_session(spec(id="Sess_ABC.1"), PATHS, None)
-    unshare = next(o for o in ops if isinstance(o, pl.Unshare))
+    flags = 0
+    for o in ops:
+        if isinstance(o, pl.Unshare):
+            flags |= o.flags
     for flag in (ns.CLONE_NEWNS, ns.CLONE_NEWNET, ns.CLONE_NEWUTS, ns.CLONE_NEWIPC,
                  ns.CLONE_NEWCGROUP):
-        assert unshare.flags & flag
+        assert flags & flag
     # the pid namespace is made by ForkPid1 (unshare would put the *next* child in it)
-    assert not unshare.flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWPID)
-    assert kinds(ops)[:2] == ["ForkPid1", "Unshare"]
+    assert not flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWPID)
+    # the spare's part holds no session's data
+    assert pl.spare_plan() == [pl.Unshare(pl.EARLY_NS_FLAGS), pl.MakeSlave(), pl.LoopbackUp()]
+    assert not pl.EARLY_NS_FLAGS & ns.CLONE_NEWCGROUP
     assert "JoinCgroup" not in kinds(ops)
     assert pl.SetHostname("sess-abc-1") in ops
     assert pl.WriteFile("/etc/hostname", "sess-abc-1\n") in ops

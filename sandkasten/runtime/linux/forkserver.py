@@ -28,13 +28,14 @@ import contextlib
 import gc
 import json
 import os
+import pickle
 import select
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Preloaded for the sandbox: nothing is imported after pivot_root.
@@ -46,12 +47,20 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import cgjoin, mounts, seccomp, state, threaddrop
+from sandkasten.runtime.linux import cgjoin, mounts, pretouch, seccomp, state, threaddrop
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
-from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
+from sandkasten.runtime.linux.wire import CreateRequest, Job, Stamps, recv_obj, send_obj
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The seccomp programs, compiled once at start-up (before any fork: every PID 1 has them)
+_FILTERS: dict[str, seccomp.PreparedFilter | Exception] = {}
+# Without a spare, one is forked when a sandbox's first request arrives or after this much
+# time without any event (seconds); after this many spares died before their request,
+# creates fork on demand only.
+SPARE_IDLE = 0.05
+SPARE_FAILURES_MAX = 3
+LEARN_SAMPLES = 2  # sandboxes whose written pages a spare copies ahead (``pretouch``)
 
 
 @dataclass
@@ -91,14 +100,17 @@ class _Hardening:
         self.flt.load()
 
 
-def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
-          flt: seccomp.PreparedFilter, stamps: Stamps) -> None:
+def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None) -> None:
     """PID 1 of a new sandbox, right after the fork (see the module docstring). Never returns.
 
-    ``ops`` (the plan after ForkPid1) and ``tasks`` (see ``cgjoin``) were computed by the
-    fork server before the fork: Python work after a fork copies every page it touches.
+    First the session-independent setup (``plan.spare_plan``) and, in a spare, the
+    copy-on-write warm-up of the ``hot`` pages (``pretouch``); then it waits for its session
+    on ``assign``: the fork server writes the daemon's ``wire.Job.assignment`` there and
+    closes it. A spare that reads EOF instead (the fork server is gone) just exits.
+
+    The report pipe carries "ready" (with the setup's stamps) or an error, then "first"
+    when the first request arrives, and is closed after that request's reply.
     """
-    stamps.append(("pid1", time.perf_counter_ns()))
     try:
         old_wakeup = signal.set_wakeup_fd(-1)
         if old_wakeup >= 0:
@@ -109,6 +121,32 @@ def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+        mounts.execute(pl.spare_plan(), mounts.Context())
+        if hot:
+            pretouch.touch(hot, assign)
+    except BaseException as e:
+        _report(report, {"error": f"sandbox setup: {e}"})
+        os._exit(1)
+    chunks = []
+    while chunk := os.read(assign, 1 << 16):
+        chunks.append(chunk)
+    os.close(assign)
+    if not chunks:
+        os._exit(0)  # a spare whose fork server is gone
+    data = b"".join(chunks)
+    req, ops, tasks = pickle.loads(data)  # noqa: S301 - from our parent
+    _pid1(req, ops, report, tasks, stamps)
+
+
+def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
+          stamps: Stamps) -> None:
+    stamps.append(("pid1", time.perf_counter_ns()))
+    try:
+        flt = _FILTERS.get(req.spec.seccomp)
+        if not isinstance(flt, seccomp.PreparedFilter):
+            raise ValueError(f"seccomp profile {req.spec.seccomp}: {flt or 'unknown'}")
+
+        first = _FirstRequest(report)
         ctx = mounts.Context(
             join_cgroup=(lambda _name: cgjoin.join_self(req.cgroup, tasks))
             if req.cgroup else None)
@@ -119,7 +157,8 @@ def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
         cfg = runner.server.RunnerConfig(
             env=runner_env(spec, pl.hostname_for(spec.id)), uid=pl.SANDBOX_UID,
             gid=pl.SANDBOX_GID, workdir="/workspace", shell_prefer=list(spec.shell_prefer),
-            exec_mode=spec.exec_mode, stage_dir="/tmp", setup=_Hardening(flt))
+            exec_mode=spec.exec_mode, stage_dir="/tmp", setup=_Hardening(flt),
+            first_request_started=first.started, first_request_done=first.done)
     except BaseException as e:
         _report(report, {"error": str(e)})
         os._exit(1)
@@ -127,15 +166,44 @@ def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
     def ready() -> None:
         stamps.append(("ready", time.perf_counter_ns()))
         _report(report, {"ready": True, "t": stamps})
-        os.close(report)
 
     runner.server.serve_pid1(ctx.listener, cfg, ready)
     os._exit(0)
 
 
+class _FirstRequest:
+    """The report pipe after "ready": "first" when the first request arrives, closed after
+    its reply. Requests on two connections may run at once: the lock keeps a write from
+    ever reaching the fd number after it was closed (and perhaps reused)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def started(self) -> None:
+        with self.lock:
+            if self.fd >= 0:
+                _report(self.fd, {"first": True})
+
+    def done(self) -> None:
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
 def _report(fd: int, msg: dict[str, object]) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, json.dumps(msg).encode() + b"\n")
+
+
+@dataclass
+class _Child:
+    """A forked PID 1 that has not been told its session yet."""
+
+    pid: int
+    assign: int  # write end: the session's request, then closed
+    report: int  # read end of its report pipe
 
 
 class ForkServer:
@@ -144,29 +212,20 @@ class ForkServer:
         self.control = control
         self.wakeup = wakeup  # readable when SIGCHLD arrived
         self.pending: dict[int, _Pending] = {}  # report pipe fd -> state
-        self.filters: dict[str, seccomp.PreparedFilter] = {}
+        self.spare: _Child | None = None
+        self.spare_failures = 0
+        # ``pretouch``: the pages a sandbox's start writes, learned from the first ones
+        self.hot: list[int] = []
+        self.learned = 0
+        # PID 1s that are ready, until their first request is answered: report fd -> pid
+        self.started: dict[int, int] = {}
 
-    def _filter(self, profile: str) -> seccomp.PreparedFilter:
-        if profile not in self.filters:
-            self.filters[profile] = seccomp.prepare(profile)  # type: ignore[arg-type]
-        return self.filters[profile]
-
-    def start(self, req_id: int, req: CreateRequest) -> None:
-        try:
-            flt = self._filter(req.spec.seccomp)
-        except Exception as e:
-            send_obj(self.control, (req_id, None, f"seccomp profile {req.spec.seccomp}: {e}", []))
-            return
-        try:
-            ops = pl.plan_session(req.spec, pl.SessionPaths(Path(req.session_dir)),
-                                  req.cgroup.name if req.cgroup else None)
-            assert ops[0] == pl.ForkPid1()
-            tasks = cgjoin.v1_task_files(req.cgroup)
-        except Exception as e:
-            send_obj(self.control, (req_id, None, f"plan: {e}", []))
-            return
-        t_fork = time.perf_counter_ns()
-        r, w = os.pipe2(os.O_CLOEXEC)
+    def _fork_pid1(self, spare: bool = False) -> _Child:
+        """Fork a PID 1 in a new pid namespace; it does the session-independent setup (a
+        ``spare`` also its page warm-up) and waits for its request. OSError if it cannot
+        be forked."""
+        assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
         try:
             # The next child is PID 1 of a new pid namespace; then straight back to our
             # own, so that no later child lands there.
@@ -176,35 +235,61 @@ class ForkServer:
             except BaseException:
                 self._restore_pidns()
                 raise
-        except OSError as e:
-            os.close(r)
-            os.close(w)
-            send_obj(self.control, (req_id, None, f"fork of PID 1: {e}", []))
-            return
-        if child != 0:
-            self._restore_pidns()
-        else:
-            os.close(r)
-            os.close(self.wakeup)
-            os.close(self.own_pidns)  # a host namespace fd never enters a sandbox
-            self.control.close()
-            for fd in self.pending:
+        except OSError:
+            for fd in (assign_r, assign_w, report_r, report_w):
                 os.close(fd)
+            raise
+        if child == 0:
+            for fd in (assign_w, report_r, self.wakeup, self.own_pidns, *self.pending,
+                       *self.started,
+                       *((self.spare.assign, self.spare.report) if self.spare else ())):
+                os.close(fd)  # a host namespace fd never enters a sandbox
+            self.control.close()
             gc.disable()  # until the runner serves: a collection would only copy pages
-            _pid1(req, ops[1:], w, tasks, flt, [("forkserver", t_fork)])
-        os.close(w)
+            _pid1_main(assign_r, report_w, [], self.hot if spare else None)
+        self._restore_pidns()
+        os.close(assign_r)
+        os.close(report_w)
+        return _Child(child, assign_w, report_r)
+
+    def _discard(self, child: _Child) -> None:
+        with contextlib.suppress(OSError):
+            os.close(child.assign)
+        os.close(child.report)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)  # ``reap`` collects it
+
+    def start(self, req_id: int, job: Job) -> None:
+        stamps: Stamps = [("forkserver", time.perf_counter_ns())]
+        child, self.spare = self.spare, None
+        for _ in range(2):  # a spare that died meanwhile is replaced by a fresh fork
+            if child is None:
+                try:
+                    child = self._fork_pid1()
+                except OSError as e:
+                    send_obj(self.control, (req_id, None, f"fork of PID 1: {e}", []))
+                    return
+            try:
+                _write_all(child.assign, job.assignment)
+                os.close(child.assign)
+                break
+            except OSError:
+                self._discard(child)
+                child = None
+        if child is None:
+            send_obj(self.control, (req_id, None, "PID 1 ended before its setup", []))
+            return
         try:
             # while PID 1 sets up: a restarted daemon finds the sandbox by this file
-            state.write_state(str(pl.SessionPaths(Path(req.session_dir)).state), req.spec.id,
-                              child, req.cgroup.name if req.cgroup else None,
-                              req.cgroup.paths() if req.cgroup else None)
+            state.write_state(job.state_path, job.spec_id, child.pid, job.cgroup,
+                              job.cgroup_paths)
         except OSError as e:
-            os.close(r)
+            os.close(child.report)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)  # ``reap`` collects it
+                os.kill(child.pid, signal.SIGKILL)  # ``reap`` collects it
             send_obj(self.control, (req_id, None, f"state.json: {e}", []))
             return
-        self.pending[r] = _Pending(req_id, child)
+        self.pending[child.report] = _Pending(req_id, child.pid, stamps=stamps)
 
     def _restore_pidns(self) -> None:
         try:
@@ -229,10 +314,10 @@ class ForkServer:
                 st.error = str(msg["error"])
         if st.ready and not st.error:
             del self.pending[fd]
-            os.close(fd)
             st.stamps.append(("reported", time.perf_counter_ns()))
             send_obj(self.control, (st.req_id, st.child, None,
                                     sorted(st.stamps, key=lambda s: s[1])))
+            self.started[fd] = st.child  # see ``on_started``
             return
         if data and st.error is None:
             return
@@ -242,6 +327,34 @@ class ForkServer:
         with contextlib.suppress(ProcessLookupError):
             os.kill(st.child, signal.SIGKILL)
         send_obj(self.control, (st.req_id, None, st.error or "sandbox setup ended early", []))
+
+    def on_started(self, fd: int) -> None:
+        """A ready PID 1's first request arrived ("first"), or was answered (EOF).
+
+        Its creator now waits on the sandbox's own work (the command runs): the moment to
+        fork the next spare, on the core that is free. After the reply, the first few
+        PID 1s teach the spares which pages a sandbox's start writes (``pretouch``).
+        """
+        eof = not os.read(fd, 512)
+        self._fork_spare()
+        if not eof:
+            return
+        pid = self.started.pop(fd)
+        os.close(fd)
+        if self.learned < LEARN_SAMPLES:
+            try:
+                found = pretouch.learn(pid, pretouch.own_ranges())
+            except OSError:
+                return  # it ended meanwhile, or no pagemap: the next one teaches
+            self.hot = sorted(found.union(self.hot))
+            self.learned += 1
+
+    def _fork_spare(self) -> None:
+        if self.spare is None and self.spare_failures < SPARE_FAILURES_MAX:
+            try:
+                self.spare = self._fork_pid1(spare=True)
+            except OSError:
+                self.spare_failures += 1
 
     def reap(self) -> None:
         """Collect exited sandboxes: as a child subreaper, their PID 1s are our orphans."""
@@ -255,26 +368,46 @@ class ForkServer:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare.pid:
+                # a spare that failed its setup: the next create forks (and reports why)
+                self._discard(self.spare)
+                self.spare = None
+                self.spare_failures += 1
 
     def serve(self) -> None:
         while True:
-            watched: list[Any] = [self.control, self.wakeup, *self.pending]
+            watched: list[Any] = [self.control, self.wakeup, *self.pending, *self.started]
+            # The next spare is forked when a sandbox's first request arrives
+            # (``on_started``), or after a moment without any event.
+            timeout = SPARE_IDLE if self.spare is None and not self.pending else None
             try:
-                rl: list[Any] = select.select(watched, [], [])[0]
+                rl: list[Any] = select.select(watched, [], [], timeout)[0]
             except InterruptedError:
                 continue
+            if not rl:
+                self._fork_spare()
             for fd in rl:
                 if fd == self.wakeup:
                     self.reap()
                 elif fd is self.control:
                     msg = recv_obj(self.control)
                     if msg is None:
+                        if self.spare is not None:
+                            self._discard(self.spare)
                         return  # the daemon is gone; sandboxes live on
                     assert isinstance(msg, tuple)
-                    req_id, req = msg
-                    self.start(req_id, req)
+                    req_id, job = msg
+                    self.start(req_id, job)
+                elif fd in self.started:
+                    self.on_started(fd)
                 else:
                     self.on_report(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def main() -> None:
@@ -290,6 +423,11 @@ def main() -> None:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    for profile in ("off", "mvp", "strict"):
+        try:
+            _FILTERS[profile] = seccomp.prepare(profile)
+        except Exception as e:  # reported to the creates that ask for this profile
+            _FILTERS[profile] = e
     # Preloaded objects never change again: keep the collector from touching (and so
     # copying) their pages in every forked sandbox.
     gc.collect()

@@ -109,6 +109,8 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         ns.unshare(op.flags)
     elif isinstance(op, pl.MakePrivate):
         ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
+    elif isinstance(op, pl.MakeSlave):
+        ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
     elif isinstance(op, pl.Listen):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(op.path)
@@ -163,7 +165,7 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         _ensure_user(op)
     elif isinstance(op, pl.RemountReadonly):
         ns.mount(None, op.path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY)
-    else:  # ForkPid1 is the caller's to handle
+    else:  # ForkPid1 and Assign are the fork server's to handle
         raise TypeError(f"cannot execute {op!r} here")
 
 

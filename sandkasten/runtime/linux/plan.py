@@ -6,13 +6,21 @@ Order matters and is part of the contract:
   fork server
     ForkPid1        unshare(CLONE_NEWPID), fork, setns back: the child is PID 1 of a new
                     pid namespace, and the fork server's next children are not
-  PID 1, still on the host's root
+  PID 1, still on the host's root, before it knows its session (``spare_plan``: the fork
+  server keeps one such PID 1 forked ahead, so a create starts at ``Assign``)
+    Unshare         mount, uts, ipc and net
+    MakeSlave       MS_SLAVE|MS_REC on "/": nothing mounted here propagates to the host,
+                    while the host's new mounts still arrive until the session is known
+    LoopbackUp
+    Assign          the session's request arrives (a marker: the fork server sends the
+                    rest of the plan)
+  PID 1 of a session
     JoinCgroup      first, and before CLONE_NEWCGROUP, so every process the sandbox ever
-                    has starts in the session's cgroup and that cgroup is its cgroup root
-    Unshare         mount, uts, ipc, net and cgroup
-    MakePrivate     MS_PRIVATE|MS_REC on "/": nothing mounted later propagates to the host
+                    starts is in the session's cgroup and that cgroup is its cgroup root
+    Unshare         cgroup
+    MakePrivate     MS_PRIVATE|MS_REC on "/": from now on the host's mounts stay out too
     Listen          bind sessions/<id>/runner.sock on the host (a restarted daemon finds it)
-    SetHostname, LoopbackUp
+    SetHostname
     MountOverlay    image layers (lowerdir, top first) + session upper/work → merged
     OpenBindSource  open the workspace on the host by fd (O_PATH) before the host goes away
     PivotRoot       into merged; the old root is detached, never reachable again
@@ -57,8 +65,18 @@ class MakePrivate:
 
 
 @dataclass(frozen=True)
+class MakeSlave:
+    pass
+
+
+@dataclass(frozen=True)
 class ForkPid1:
     pass
+
+
+@dataclass(frozen=True)
+class Assign:
+    """The end of the session-independent setup: what follows needs the request."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +179,9 @@ class RemountReadonly:
     path: str = "/"
 
 
-Op = (JoinCgroup | Unshare | MakePrivate | ForkPid1 | Listen | SetHostname | LoopbackUp
-      | MountOverlay | OpenBindSource | PivotRoot | Mount | BindFd | ReadonlyBind | MaskFile
+Op = (JoinCgroup | Unshare | MakePrivate | MakeSlave | ForkPid1 | Assign | Listen
+      | SetHostname | LoopbackUp | MountOverlay | OpenBindSource | PivotRoot | Mount | BindFd
+      | ReadonlyBind | MaskFile
       | MakeDevice | Symlink | WriteFile | EnsureUser | RemountReadonly)
 
 
@@ -218,9 +237,11 @@ def overlay_options(layers: list[Path], upper: Path, work: Path) -> str:
     return opts
 
 
-# CLONE_NEWPID is ForkPid1's: the fork server creates the pid namespace with PID 1 in it
-NS_FLAGS = (ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWNET
-            | ns.CLONE_NEWCGROUP)
+# CLONE_NEWPID is ForkPid1's: the fork server creates the pid namespace with PID 1 in it.
+# The cgroup namespace comes after JoinCgroup (its root is the cgroup of the unsharer);
+# the others before the session is known.
+EARLY_NS_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWNET
+NS_FLAGS = EARLY_NS_FLAGS | ns.CLONE_NEWCGROUP
 _NOSUID_NODEV = ns.MS_NOSUID | ns.MS_NODEV
 _PROC_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 _PROC_MASKED = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
@@ -240,19 +261,27 @@ def resolv_conf(network_mode: str) -> str:
     return "nameserver 127.0.0.53\n"  # pragma: no cover - only "none" exists today
 
 
+def spare_plan() -> list[Op]:
+    """What PID 1 does before it knows its session: the same for every session (network
+    mode ``none`` is the only one), so a PID 1 forked ahead of any request has done it."""
+    return [Unshare(EARLY_NS_FLAGS), MakeSlave(), LoopbackUp()]
+
+
 def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None) -> list[Op]:
-    """The full, ordered list of setup operations for ``spec``."""
+    """The full, ordered list of setup operations for ``spec``: ``ForkPid1``, the
+    ``spare_plan``, ``Assign``, then the session's own steps."""
     hostname = hostname_for(spec.id)
     workspace = spec.workspace_dir if spec.workspace_dir is not None else paths.workspace
-    ops: list[Op] = [ForkPid1()]
+    if spec.network_mode != "none":  # pragma: no cover - only "none" exists today
+        raise ImageLayoutError(f"network mode {spec.network_mode!r} is not supported")
+    ops: list[Op] = [ForkPid1(), *spare_plan(), Assign()]
     if cgroup is not None:
         ops.append(JoinCgroup(cgroup))
     ops += [
-        Unshare(NS_FLAGS),
+        Unshare(ns.CLONE_NEWCGROUP),
         MakePrivate(),
         Listen(str(paths.socket)),
         SetHostname(hostname),
-        LoopbackUp(),
         MountOverlay(str(paths.merged), overlay_options(spec.layer_paths, paths.upper,
                                                         paths.work)),
         OpenBindSource("workspace", str(workspace)),

@@ -38,7 +38,7 @@ from sandkasten.runtime.linux.cgroups import Cgroup, CgroupLimits, CgroupManager
 from sandkasten.runtime.linux.errors import SessionSetupError
 from sandkasten.runtime.linux.sandbox import LinuxSandbox
 from sandkasten.runtime.linux.state import proc_start_time
-from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
+from sandkasten.runtime.linux.wire import CreateRequest, Job, Stamps, make_job, recv_obj, send_obj
 
 __all__ = ["LinuxRuntime", "LinuxSandbox", "proc_start_time"]
 
@@ -106,13 +106,13 @@ class ForkServerClient:
             else:
                 fut.set_result((pid, stamps))
 
-    def create(self, req: CreateRequest) -> concurrent.futures.Future[tuple[int, Stamps]]:
+    def create(self, job: Job) -> concurrent.futures.Future[tuple[int, Stamps]]:
         """Ask for a sandbox; the future holds PID 1's host pid and the setup's stamps."""
         fut: concurrent.futures.Future[tuple[int, Stamps]] = concurrent.futures.Future()
         with self._lock:
             req_id = next(self._ids)
             self._futures[req_id] = fut
-            send_obj(self.sock, (req_id, req))
+            send_obj(self.sock, (req_id, job))
         return fut
 
     def close(self) -> None:
@@ -196,14 +196,15 @@ class LinuxRuntime:
 
     def _create_future(self, spec: SessionSpec) -> concurrent.futures.Future[LinuxSandbox]:
         out: concurrent.futures.Future[LinuxSandbox] = concurrent.futures.Future()
+        t_request = time.perf_counter_ns()
         try:
             paths, cg = self._prepare(spec)
         except BaseException as e:
             out.set_exception(e)
             return out
-        t_request = time.perf_counter_ns()
         try:
-            fut = self._fs().create(CreateRequest(spec, str(paths.root), cg))
+            job = make_job(CreateRequest(spec, str(paths.root), cg))
+            fut = self._fs().create(job)
         except BaseException as e:
             self._teardown(spec.id, None, cg)
             out.set_exception(e if isinstance(e, SandkastenError)

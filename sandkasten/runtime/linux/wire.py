@@ -10,9 +10,12 @@ import pickle
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from sandkasten.runtime.base import SessionSpec
+from sandkasten.runtime.linux import cgjoin
+from sandkasten.runtime.linux import plan as pl
 
 _LEN = struct.Struct(">I")
 # Steps of a create and when they ended (time.perf_counter_ns, i.e. CLOCK_MONOTONIC, which
@@ -25,6 +28,31 @@ class CreateRequest:
     spec: SessionSpec
     session_dir: str
     cgroup: Any = None  # a cgroups.Cgroup (picklable): PID 1 joins it first
+
+
+class Job(NamedTuple):
+    """A create as the fork server sees it: what it records in state.json, and PID 1's
+    part as an opaque pickle. Planning and pickling happen in the daemon: every page the
+    fork server (or a PID 1) writes after a fork is a copy-on-write fault."""
+
+    spec_id: str
+    state_path: str
+    cgroup: str | None
+    cgroup_paths: dict[str, str] | None
+    assignment: bytes  # pickle of (CreateRequest, the ops after Assign, v1 task files)
+
+
+def make_job(req: CreateRequest) -> Job:
+    """Plan ``req``; raises what ``plan.plan_session`` raises for a spec it cannot build."""
+    paths = pl.SessionPaths(Path(req.session_dir))
+    cg = req.cgroup
+    ops = pl.plan_session(req.spec, paths, cg.name if cg else None)
+    split = ops.index(pl.Assign())
+    if ops[:split] != [pl.ForkPid1(), *pl.spare_plan()]:  # pragma: no cover - plan's contract
+        raise AssertionError("the plan does not start with the spare's steps")
+    blob = pickle.dumps((req, ops[split + 1:], cgjoin.v1_task_files(cg)))
+    return Job(req.spec.id, str(paths.state), cg.name if cg else None,
+               cg.paths() if cg else None, blob)
 
 
 def send_obj(sock: socket.socket, obj: object) -> None:

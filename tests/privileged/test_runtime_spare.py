@@ -1,0 +1,138 @@
+"""The spare PID 1: forked ahead of the next create, used by it, never leaked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.sandbox import busybox_layer, linux_runtime, run, spec_for  # noqa: F401
+
+pytestmark = pytest.mark.privileged
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(x) for x in f.read().split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _spare(rt: Any, sessions: set[int], timeout: float = 5.0) -> int:
+    """The fork server's child that is no session's PID 1 (waits for it)."""
+    fs = rt._fs().proc.pid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spares = {p for p in _children(fs) - sessions if _alive(p)}
+        if len(spares) == 1:
+            return spares.pop()
+        time.sleep(0.02)
+    raise AssertionError(f"no spare PID 1 under the fork server {fs}")
+
+
+def test_the_next_create_takes_the_spare(linux_runtime: Any,  # noqa: F811
+                                         busybox_layer: Path) -> None:
+    first = run(linux_runtime.create(spec_for(busybox_layer)))
+    try:
+        run(first.exec("true"))  # its first request is when the next spare is forked
+        spare = _spare(linux_runtime, {first.pid})
+        with open(f"/proc/{spare}/status") as f:
+            nspid = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
+        assert nspid[-1] == "1"  # already PID 1 of a pid namespace of its own
+        spec = spec_for(busybox_layer, mem_limit_mb=64)
+        second = run(linux_runtime.create(spec))
+        try:
+            assert second.pid == spare
+            r = run(second.exec("hostname; cat /proc/self/cgroup; echo $$"))
+            assert r.output.splitlines()[0] == spec.id.lower()
+            with open(f"/proc/{second.pid}/cgroup") as f:
+                assert linux_runtime.cgroup_name(spec.id) in f.read()
+        finally:
+            run(second.destroy())
+    finally:
+        run(first.destroy())
+
+
+def test_a_host_mount_made_after_the_spare_reaches_its_session(
+        linux_runtime: Any, busybox_layer: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The spare's mount namespace is a slave of the host's until it is assigned: a disk
+    mounted meanwhile under a shared mount (as systemd makes every mount), here a tmpfs
+    holding a persistent workspace, is seen by the session; nothing goes back."""
+    host = tmp_path / "host"
+    disk = host / "disk"
+    disk.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(host)], check=True)
+        first = run(linux_runtime.create(spec_for(busybox_layer)))
+        try:
+            run(first.exec("true"))
+            old = _spare(linux_runtime, {first.pid})
+            os.kill(old, signal.SIGKILL)  # the next spare is forked after the shared mount
+            spare = _spare(linux_runtime, {first.pid, old})
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
+            (disk / "ws").mkdir()
+            (disk / "ws" / "hello").write_text("from the new disk\n")
+            second = run(linux_runtime.create(spec_for(busybox_layer,
+                                                       workspace_dir=disk / "ws")))
+            try:
+                assert second.pid == spare
+                r = run(second.exec("cat /workspace/hello; touch /workspace/back"))
+                assert r.output == "from the new disk\n"
+            finally:
+                run(second.destroy())
+            assert (disk / "ws" / "back").exists()
+            with open("/proc/self/mountinfo") as f:  # nothing of the session's came back
+                assert [ln for ln in f if str(host) in ln and "overlay" in ln] == []
+        finally:
+            run(first.destroy())
+    finally:
+        subprocess.run(["umount", "-R", str(host)], check=False)
+
+
+def test_a_dead_spare_is_replaced(linux_runtime: Any, busybox_layer: Path) -> None:  # noqa: F811
+    first = run(linux_runtime.create(spec_for(busybox_layer)))
+    try:
+        run(first.exec("true"))
+        spare = _spare(linux_runtime, {first.pid})
+        os.kill(spare, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(spare) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = run(linux_runtime.create(spec_for(busybox_layer)))
+        try:
+            assert second.pid != spare
+            assert run(second.exec("echo ok")).output == "ok\n"
+            assert _spare(linux_runtime, {first.pid, second.pid}) not in (spare, second.pid)
+        finally:
+            run(second.destroy())
+    finally:
+        run(first.destroy())
+
+
+def test_the_spare_ends_with_the_fork_server(tmp_path: Path, busybox_layer: Path) -> None:  # noqa: F811
+    from sandkasten.runtime.linux import LinuxRuntime
+
+    rt = LinuxRuntime(tmp_path / "data", cgroup_parent=f"sk-spare-{os.getpid()}")
+    try:
+        spare = _spare(rt, set())  # the first one is forked after a moment of idleness
+    finally:
+        rt.close()
+        mgr: Any = rt.cgroups
+        for d in {*getattr(mgr, "parents", {}).values(), getattr(mgr, "path", None)} - {None}:
+            os.rmdir(d)
+    deadline = time.monotonic() + 5
+    while _alive(spare) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(spare)
