@@ -18,6 +18,7 @@ unexpected) the ordinary ``Cgroup.add_process`` is used.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -30,8 +31,16 @@ def v1_task_files(cg: Any) -> list[str]:
         return []
     seen: dict[str, str] = {}
     for d in cg.dirs.values():
-        seen.setdefault(os.path.realpath(d), os.path.join(d, "tasks"))
+        # co-mounted controllers (cpu -> cpu,cpuacct) are one hierarchy: one tasks file
+        real = os.path.join(_realpath(os.path.dirname(d)), os.path.basename(d))
+        seen.setdefault(real, os.path.join(d, "tasks"))
     return list(seen.values())
+
+
+@functools.lru_cache(maxsize=64)
+def _realpath(path: str) -> str:
+    """The cgroup parents never move while the daemon runs: resolved once each."""
+    return os.path.realpath(path)
 
 
 def join_self(cg: Any, task_files: list[str]) -> None:

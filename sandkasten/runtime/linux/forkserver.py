@@ -6,19 +6,29 @@ a Python start-up per session costs tens of milliseconds. The fork server is sta
 and then only forks. Creating a session:
 
     fork server: unshare(CLONE_NEWPID), fork, setns back to its own pid namespace
-        └─▶ PID 1 of the new pid namespace: setsid, stdio → /dev/null, join the cgroup
-            (first, so every process of the sandbox starts in it), unshare (mnt uts ipc
-            net cgroup), make "/" private, bind sessions/<id>/runner.sock (a host path,
-            so a restarted daemon can reconnect), hostname, lo up, overlay, pivot_root,
-            /proc /dev /tmp /workspace, /etc files; reports ready; non-dumpable; serves.
+        └─▶ PID 1 of the new pid namespace: setsid, stdio → /dev/null, unshare (mnt uts
+            ipc net), "/" a slave of the host's, lo up (``plan.spare_plan``); then it
+            waits for its session's part of the plan (``plan.plan_session`` after
+            ``Assign``, planned and pickled by the daemon: ``wire.Job``): join the cgroup
+            (so every process of the sandbox starts in it), unshare cgroup, make "/"
+            private, bind sessions/<id>/runner.sock (a host path, so a restarted daemon
+            can reconnect), hostname, overlay, pivot_root, /proc /dev /tmp /workspace,
+            /etc files; reports ready; non-dumpable; serves.
+    The fork server keeps one such PID 1 forked ahead (the spare), so a create starts at
+    its assignment; it forks the next one when a sandbox's first request arrives (the
+    creator then waits on the sandbox's own work, and a core is free) or after a moment
+    without events. A spare copies ahead the pages a sandbox's start writes
+    (``pretouch``, learned from the first sandboxes), so their copy-on-write faults are
+    off the create path too. Without a spare (a burst of creates) PID 1 is forked on
+    demand and does the same steps.
     The fork server is a child subreaper and PID 1's parent; if it dies, PID 1 moves on to
     the next subreaper or the host's init: a sandbox outlives the daemon and the fork
-    server (SIGKILL included).
+    server (SIGKILL included). A spare that has no session yet exits with the fork server.
 
 Wire format with the daemon (a private socketpair, both ends trusted): length-prefixed
-pickles. Request ``(req_id, CreateRequest)``; reply ``(req_id, pid | None, error | None,
-stamps)``. Requests are handled concurrently: each PID 1 reports on its own pipe, watched
-by select, and the reply goes out as soon as it says ready.
+pickles. Request ``(req_id, Job)``; reply ``(req_id, pid | None, error | None, stamps)``.
+Requests are handled concurrently: each PID 1 reports on its own pipe, watched by select,
+and the reply goes out as soon as it says ready.
 The fork server exits when the daemon's end closes.
 """
 
