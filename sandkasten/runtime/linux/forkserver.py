@@ -355,9 +355,10 @@ class ForkServer:
             try:
                 found = pretouch.learn(pid, pretouch.own_ranges())
             except OSError:
-                return  # it ended meanwhile, or no pagemap: the next one teaches
-            self.hot = sorted(found.union(self.hot))
-            self.learned += 1
+                found = set()
+            if found:  # else it ended meanwhile, or there is no pagemap: the next teaches
+                self.hot = sorted(found.union(self.hot))
+                self.learned += 1
 
     def _fork_spare(self) -> None:
         if self.spare is None and self.spare_failures < SPARE_FAILURES_MAX:
