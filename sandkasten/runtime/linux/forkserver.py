@@ -46,7 +46,7 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import cgjoin, mounts, seccomp, state, threaddrop
+from sandkasten.runtime.linux import cgjoin, mounts, seccomp, state, threaddrop, userns
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.wire import CreateRequest, Stamps, recv_obj, send_obj
@@ -92,7 +92,7 @@ class _Hardening:
 
 
 def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
-          flt: seccomp.PreparedFilter, stamps: Stamps) -> None:
+          flt: seccomp.PreparedFilter, stamps: Stamps, userns_fd: int | None = None) -> None:
     """PID 1 of a new sandbox, right after the fork (see the module docstring). Never returns.
 
     ``ops`` (the plan after ForkPid1) and ``tasks`` (see ``cgjoin``) were computed by the
@@ -111,7 +111,7 @@ def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
         os.close(devnull)
         ctx = mounts.Context(
             join_cgroup=(lambda _name: cgjoin.join_self(req.cgroup, tasks))
-            if req.cgroup else None)
+            if req.cgroup else None, userns_fd=userns_fd)
         mounts.execute(ops, ctx, stamps)
         ctx.close()
         assert ctx.listener is not None
@@ -145,6 +145,9 @@ class ForkServer:
         self.wakeup = wakeup  # readable when SIGCHLD arrived
         self.pending: dict[int, _Pending] = {}  # report pipe fd -> state
         self.filters: dict[str, seccomp.PreparedFilter] = {}
+        # the sandboxes' user namespace (``userns``), made once at start-up, or None
+        self.userns_fd: int | None = None
+        self.userns_base: int | None = None
 
     def _filter(self, profile: str) -> seccomp.PreparedFilter:
         if profile not in self.filters:
@@ -159,7 +162,8 @@ class ForkServer:
             return
         try:
             ops = pl.plan_session(req.spec, pl.SessionPaths(Path(req.session_dir)),
-                                  req.cgroup.name if req.cgroup else None)
+                                  req.cgroup.name if req.cgroup else None,
+                                  userns_base=self.userns_base)
             assert ops[0] == pl.ForkPid1()
             tasks = cgjoin.v1_task_files(req.cgroup)
         except Exception as e:
@@ -191,7 +195,7 @@ class ForkServer:
             for fd in self.pending:
                 os.close(fd)
             gc.disable()  # until the runner serves: a collection would only copy pages
-            _pid1(req, ops[1:], w, tasks, flt, [("forkserver", t_fork)])
+            _pid1(req, ops[1:], w, tasks, flt, [("forkserver", t_fork)], self.userns_fd)
         os.close(w)
         try:
             # while PID 1 sets up: a restarted daemon finds the sandbox by this file
@@ -277,8 +281,25 @@ class ForkServer:
                     self.on_report(fd)
 
 
+def _setup_userns(options: dict[str, Any]) -> tuple[int | None, int | None, dict[str, Any]]:
+    """The sandboxes' user namespace per ``options`` (``security.user_namespace``,
+    ``userns_base``, ``data_dir``): (fd, base, status for the hello message). The status
+    has ``active`` and, when the namespace is not used, ``reason``; ``fatal`` when the
+    mode is ``on`` and it cannot be used."""
+    mode = str(options.get("user_namespace", "off"))
+    base = int(options.get("userns_base", userns.DEFAULT_BASE))
+    fd, reason = userns.setup(mode, base, str(options.get("data_dir", "/")))
+    if fd is not None:
+        return fd, base, {"mode": mode, "active": True, "base": base}
+    status: dict[str, Any] = {"mode": mode, "active": False, "reason": reason or "off"}
+    if mode == "on":
+        status["fatal"] = True
+    return None, None, status
+
+
 def main() -> None:
     fd = int(sys.argv[1])
+    options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     control = socket.socket(fileno=fd)
     # Die with the daemon; ignore terminal signals meant for it.
     ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -292,10 +313,16 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     # Preloaded objects never change again: keep the collector from touching (and so
     # copying) their pages in every forked sandbox.
+    # before the preloaded objects are frozen: the probe forks; no sandbox exists yet
+    userns_fd, userns_base, userns_status = _setup_userns(options)
     gc.collect()
     gc.freeze()
-    send_obj(control, ("hello", os.getpid()))
-    ForkServer(control, r).serve()
+    send_obj(control, ("hello", os.getpid(), userns_status))
+    if userns_status.get("fatal"):
+        return
+    server = ForkServer(control, r)
+    server.userns_fd, server.userns_base = userns_fd, userns_base
+    server.serve()
 
 
 if __name__ == "__main__":
