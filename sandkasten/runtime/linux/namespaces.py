@@ -2,7 +2,8 @@
 
 unshare, setns, mount, umount2, pivot_root, open_tree, move_mount and mount_setattr (by
 syscall number), sethostname, prctl; mknod is in ``os``. Each raises OSError with the
-errno and the call named, so a failed setup step says which step failed. Loaded before a process enters a sandbox; calls import nothing.
+errno and the call named, so a failed setup step says which step failed. Loaded before a
+process enters a sandbox; calls import nothing.
 """
 
 from __future__ import annotations
