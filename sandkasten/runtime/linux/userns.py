@@ -107,16 +107,24 @@ def probe(userns_fd: int, base: int, scratch_parent: str) -> str | None:
             ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
             fd = ns.open_tree_clone(os.path.join(tmp, "layer"), recursive=False)
             try:
-                ns.idmap_tree(fd, userns_fd, recursive=False)
+                try:
+                    ns.idmap_tree(fd, userns_fd, recursive=False)
+                except OSError as e:
+                    raise RuntimeError(f"its filesystem does not support idmapped mounts "
+                                       f"({e.strerror})") from None
                 ns.move_mount(fd, os.path.join(tmp, "lower"))
             finally:
                 os.close(fd)
             if os.stat(os.path.join(tmp, "lower", "f")).st_uid != base:
-                raise OSError(0, "the idmapped mount does not map ids")
-            ns.mount("overlay", os.path.join(tmp, "merged"), "overlay", 0,
-                     f"lowerdir={tmp}/lower,upperdir={tmp}/upper,workdir={tmp}/work")
+                raise RuntimeError("the idmapped mount does not map ids")
+            try:
+                ns.mount("overlay", os.path.join(tmp, "merged"), "overlay", 0,
+                         f"lowerdir={tmp}/lower,upperdir={tmp}/upper,workdir={tmp}/work")
+            except OSError as e:
+                raise RuntimeError(f"overlayfs refuses an idmapped lower layer "
+                                   f"({e.strerror})") from None
             if os.stat(os.path.join(tmp, "merged", "f")).st_uid != base:
-                raise OSError(0, "an overlay over an idmapped layer does not map ids")
+                raise RuntimeError("an overlay over an idmapped layer does not map ids")
 
         pid, r = _fork_checked(child)
         try:
