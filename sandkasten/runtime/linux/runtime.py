@@ -177,7 +177,7 @@ class LinuxRuntime:
             return
         self._userns_logged = True
         if status.get("active"):
-            log.info("user namespace active: sandbox ids 0..%d are host ids %d..%d",
+            log.debug("user namespace active: sandbox ids 0..%d are host ids %d..%d",
                      userns.SIZE - 1, status["base"], status["base"] + userns.SIZE - 1)
         elif self.user_namespace == "auto":
             log.warning("running sandboxes without a user namespace: %s "
