@@ -113,6 +113,12 @@ class SecuritySettings(_Section):
         description="host uid/gid that sandbox id 0 maps to; sandbox ids 0..65535 map to "
                     "userns_base..userns_base+65535")
 
+    @field_validator("user_namespace", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: object) -> object:
+        # YAML 1.1 reads an unquoted on/off as a boolean: take it as the word written
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("userns_base")
     @classmethod
     def _userns_base(cls, v: int) -> int:

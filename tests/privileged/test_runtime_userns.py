@@ -23,7 +23,7 @@ import pytest
 from sandkasten.runtime.base import SessionSpec
 from sandkasten.runtime.linux import LinuxRuntime, LinuxSandbox, userns
 from sandkasten.runtime.linux.errors import SessionSetupError
-from tests.support.sandbox import busybox_layer, run, spec_for  # noqa: F401
+from tests.support.sandbox import busybox_layer, debian_layer, run, spec_for  # noqa: F401
 
 BASE = userns.DEFAULT_BASE
 CGROUP_PARENT = "userns-tests"
@@ -279,3 +279,18 @@ def test_probe_failure_on_a_bad_mapping() -> None:
     fd, reason = userns.setup("on", 2**32 - 10, "/tmp")
     assert fd is None and reason is not None
     assert reason.startswith("cannot create a user namespace"), reason
+
+
+def test_debian_image(rt_on: LinuxRuntime, debian_layer: Path) -> None:  # noqa: F811
+    s = run(rt_on.create(spec_for(debian_layer)))
+    try:
+        out = sh(s, "python3 -c 'import os, pwd; st = os.stat(\"/usr/bin/passwd\"); "
+                    "print(os.getuid(), pwd.getpwuid(st.st_uid).pw_name, oct(st.st_mode))'")
+        assert out.split() == ["1000", "root", "0o104755"]
+        # a setuid-root program runs as the sandbox user (no_new_privs), and its root
+        # would be host uid BASE anyway
+        r = run(s.exec("su -c id root </dev/null"))
+        assert r.exit_code != 0 and "uid=0" not in r.output
+        assert sh(s, "bash -c 'echo $EUID'").strip() == "1000"
+    finally:
+        run(s.destroy())

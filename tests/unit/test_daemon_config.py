@@ -92,6 +92,16 @@ def test_environment_overrides_file(seed: Path, env: dict[str, str], check) -> N
     assert check(load_config(seed, env))
 
 
+@pytest.mark.parametrize(("text", "mode"), [
+    ("user_namespace: off", "off"), ("user_namespace: on", "on"),
+    ("user_namespace: 'off'", "off"), ("user_namespace: auto", "auto"),
+])
+def test_user_namespace_unquoted_on_off(tmp_path: Path, text: str, mode: str) -> None:
+    p = tmp_path / "sandkasten.yaml"
+    p.write_text(f"security:\n  {text}\n")
+    assert load_config(p, {}).security.user_namespace == mode
+
+
 def test_config_env_variable_names_the_file(seed: Path) -> None:
     assert load_config(None, {"SANDKASTEN_CONFIG": str(seed)}).api_key == "sk-sandbox-test"
 
@@ -105,7 +115,7 @@ def test_config_env_variable_names_the_file(seed: Path) -> None:
         ("listen: nope\n", {}, "'listen'", "HOST:PORT"),
         ("listen: '1.2.3.4:99999'\n", {}, "'listen'", "port"),
         ("security:\n  seccomp: maybe\n", {}, "'security.seccomp'", "'off'"),
-        ("security:\n  user_namespace: yes\n", {}, "'security.user_namespace'", "'auto'"),
+        ("security:\n  user_namespace: maybe\n", {}, "'security.user_namespace'", "'auto'"),
         ("security:\n  userns_base: 0\n", {}, "'security.userns_base'", "above 0"),
         ("", {"SANDKASTEN_SECURITY__USERNS_BASE": "4294960000"}, "'security.userns_base'",
          "4294967295"),

@@ -169,3 +169,23 @@ def enter(userns_fd: int) -> None:
     os.setgroups([])
     os.setresgid(ROOT_UID, ROOT_UID, ROOT_UID)
     os.setresuid(ROOT_UID, ROOT_UID, ROOT_UID)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m sandkasten.runtime.linux.userns MODE BASE DATA_DIR``: what the fork
+    server would decide, as one JSON line ``{"active": bool, "reason": str | null}``
+    (``sandkasten doctor`` and ``security`` run it: a probe forks, which a CLI should not)."""
+    import json
+
+    mode, base, data_dir = argv[0], int(argv[1]), argv[2]
+    fd, reason = setup(mode, base, data_dir)
+    if fd is not None:
+        os.close(fd)
+    print(json.dumps({"active": fd is not None, "reason": reason}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run by the CLI's checks
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
