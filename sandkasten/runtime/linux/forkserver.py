@@ -311,10 +311,10 @@ def main() -> None:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # once, before any sandbox exists (the probe forks and mounts in a throwaway child)
+    userns_fd, userns_base, userns_status = _setup_userns(options)
     # Preloaded objects never change again: keep the collector from touching (and so
     # copying) their pages in every forked sandbox.
-    # before the preloaded objects are frozen: the probe forks; no sandbox exists yet
-    userns_fd, userns_base, userns_status = _setup_userns(options)
     gc.collect()
     gc.freeze()
     send_obj(control, ("hello", os.getpid(), userns_status))
