@@ -6,7 +6,8 @@
     sb = await rt.attach(session_id)            # after a daemon restart
     await rt.cleanup(session_id)                # what a dead sandbox left behind
 
-State on disk: sessions/<id>/{upper,work,merged,workspace,runner.sock,state.json}. Every
+State on disk: sessions/<id>/{upper,work,merged,workspace,runner.sock,state.json}, and
+lower/<i> (empty mount points for idmapped layers) with the user namespace. Every
 mount lives in the sandbox's own mount namespace, so none ever appears on the host and
 they all vanish with the sandbox's last process; destroy kills the processes (cgroup kill,
 else the PID 1, which takes its pid namespace down), removes the cgroup and the directory.
