@@ -64,13 +64,17 @@ def smaps(pid: int) -> dict[str, int]:
     return out
 
 
-async def profile(rootfs: Path, runs: int, cmd: str, bwrap_cmd: list[str] | None) -> None:
+async def profile(rootfs: Path, runs: int, cmd: str, bwrap_cmd: list[str] | None,
+                  user_namespace: str = "auto") -> None:
     from sandkasten.runtime.base import SessionSpec
     from sandkasten.runtime.linux import LinuxRuntime
 
     data = Path(tempfile.mkdtemp(prefix="sandkasten-profile-"))
-    rt = LinuxRuntime(data, cgroup_parent="sandkasten-profile")
+    rt = LinuxRuntime(data, cgroup_parent="sandkasten-profile",
+                      user_namespace=user_namespace)  # type: ignore[arg-type]
     rt.start()
+    status = rt.user_namespace_status()
+    print(f"user namespace: {'active' if status['active'] else status['reason']}")
     ends: dict[str, list[float]] = defaultdict(list)  # step -> ms after the request
     durs: dict[str, list[float]] = defaultdict(list)  # step -> its own duration (summed)
     order: dict[str, int] = {}
@@ -144,6 +148,8 @@ def main() -> int:
     ap.add_argument("--image", choices=["debian", "busybox"], default="debian")
     ap.add_argument("--rootfs", type=Path, help="an extracted rootfs to use (kept)")
     ap.add_argument("--no-bwrap", action="store_true")
+    ap.add_argument("--user-namespace", choices=["auto", "on", "off"], default="auto",
+                    help="security.user_namespace of the profiled runtime")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("error: run as root (namespaces, mounts, cgroups)", file=sys.stderr)
@@ -162,7 +168,8 @@ def main() -> int:
         else:
             cmd, bw = "python3 -c 'print(2+2)'", ["python3", "-c", "print(2+2)"]
         asyncio.run(profile(rootfs, args.runs, cmd,
-                            None if args.no_bwrap or not shutil.which("bwrap") else bw))
+                            None if args.no_bwrap or not shutil.which("bwrap") else bw,
+                            args.user_namespace))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

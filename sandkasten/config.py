@@ -98,8 +98,36 @@ class PoolSettings(_Section):
         return v
 
 
+USERNS_SIZE = 65536  # sandbox ids 0..65535; runtime.linux.userns.SIZE
+USERNS_DEFAULT_BASE = 0x70000000  # 1879048192: above subuid/nspawn ranges (docs/security.md)
+
+
 class SecuritySettings(_Section):
     seccomp: Literal["off", "mvp", "strict"] = "mvp"
+    user_namespace: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="run sandboxes in a user namespace: auto (where the kernel and the data "
+                    "dir's filesystem allow), on (refuse to start otherwise), off")
+    userns_base: int = Field(
+        default=USERNS_DEFAULT_BASE,
+        description="host uid/gid that sandbox id 0 maps to; sandbox ids 0..65535 map to "
+                    "userns_base..userns_base+65535")
+
+    @field_validator("user_namespace", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: object) -> object:
+        # YAML 1.1 reads an unquoted on/off as a boolean: take it as the word written
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("userns_base")
+    @classmethod
+    def _userns_base(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError(f"must be above 0 (0 would map sandbox root to host root), got {v}")
+        if v + USERNS_SIZE >= 2**32 - 1:
+            raise ValueError(f"{v} + {USERNS_SIZE} must stay below 4294967295 "
+                             "(the invalid uid)")
+        return v
 
 
 class Config(BaseSettings):

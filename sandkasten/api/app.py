@@ -48,7 +48,9 @@ def make_runtime(config: Config) -> Runtime:
     from sandkasten.runtime.linux import LinuxRuntime
 
     runtime: Runtime = LinuxRuntime(
-        config.data_dir, store=Store(config.data_dir), allow_unlimited=config.allow_unlimited
+        config.data_dir, store=Store(config.data_dir), allow_unlimited=config.allow_unlimited,
+        user_namespace=config.security.user_namespace,
+        userns_base=config.security.userns_base,
     )
     return runtime
 

@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -214,6 +215,60 @@ def probe_overlay(data_dir: Path) -> Check:
         return Check("overlay mount", "ok", f"overlayfs works with upper dirs on {data_dir}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+USERNS_DEFAULT_BASE = 0x70000000
+USERNS_FIX = ("a kernel of 5.19 or later with user namespaces enabled, and a data_dir on a "
+              "filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs)")
+
+
+def userns_settings(cfg: dict[str, Any]) -> tuple[str, int]:
+    """(security.user_namespace, security.userns_base) of a raw config dict."""
+    sec = cfg.get("security") or {}
+    mode = sec.get("user_namespace", "auto")
+    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else str(mode)
+    try:
+        base = int(sec.get("userns_base", USERNS_DEFAULT_BASE))
+    except (TypeError, ValueError):
+        base = USERNS_DEFAULT_BASE
+    return mode, base
+
+
+def probe_userns(data_dir: Path, mode: str, base: int) -> dict[str, Any] | None:
+    """What the daemon's fork server would find: ``{"active", "reason"}``; None when it
+    cannot be probed here (not root, no data dir, or the mode is off)."""
+    if mode == "off" or os.geteuid() != 0 or not data_dir.is_dir():
+        return None
+    res = subprocess.run([sys.executable, "-m", "sandkasten.runtime.linux.userns", mode,
+                          str(base), str(data_dir)],
+                         capture_output=True, text=True, check=False, timeout=30)
+    try:
+        out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        return out
+    except (ValueError, IndexError):
+        return {"active": False, "reason": (res.stderr.strip().splitlines() or ["?"])[-1]}
+
+
+def check_userns(mode: str, base: int, probe: dict[str, Any] | None) -> Check:
+    """The ``security.user_namespace`` line: the mode and, where probed, what is active."""
+    mapping = f"sandbox ids 0..65535 are host ids {base}..{base + 65535}"
+    if mode == "off":
+        return Check("user namespace", "warn",
+                     "off: root in a sandbox is host root (without capabilities)",
+                     "set security.user_namespace: auto")
+    if mode not in ("auto", "on"):
+        return Check("user namespace", "fail", f"unknown mode {mode!r}", "use auto, on or off")
+    if probe is None:
+        return Check("user namespace", "info",
+                     f"{mode} ({mapping}); not probed: needs root and an existing data dir")
+    if probe.get("active"):
+        return Check("user namespace", "ok", f"{mode}: active, {mapping}")
+    reason = probe.get("reason") or "unavailable"
+    if mode == "on":
+        return Check("user namespace", "fail",
+                     f"on, but {reason}: the daemon refuses to start", USERNS_FIX)
+    return Check("user namespace", "warn",
+                 f"auto, not available ({reason}): sandboxes run without one", USERNS_FIX)
 
 
 def host_facts() -> dict[str, Any]:

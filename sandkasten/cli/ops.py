@@ -118,6 +118,8 @@ def doctor(config: ConfigOpt = None) -> None:
         C.check_overlay_support(facts["filesystems"]),
         C.check_data_dir_fs(ddir, C.mount_for(str(existing.resolve()), facts["mounts"])),
         C.probe_overlay(Path(ddir)),
+        C.check_userns(*C.userns_settings(cfg),
+                       C.probe_userns(Path(ddir), *C.userns_settings(cfg))),
         C.check_wsl(facts["release"], in_wsl()),
         C.check_root(os.geteuid()),
         C.check_health(f"http://{host}:{port or 8080}/healthz"),
@@ -130,7 +132,8 @@ def doctor(config: ConfigOpt = None) -> None:
 
 
 def security(config: ConfigOpt = None) -> None:
-    """The hardening baseline of a config: key, listen address, seccomp, limits, files."""
+    """The hardening baseline of a config: key, listen address, seccomp, user namespace,
+    limits, files."""
     path, cfg = _load(config)
     if not path.exists():
         raise _fail(f"{path} does not exist", "sandkasten init writes one")
@@ -141,6 +144,8 @@ def security(config: ConfigOpt = None) -> None:
         cfg, config_mode=path.stat().st_mode,
         data_dir_stat=ddir.stat() if ddir.exists() else None, log_modes=logs,
     )
+    checks.append(C.check_userns(*C.userns_settings(cfg),
+                                 C.probe_userns(ddir, *C.userns_settings(cfg))))
     print(f"sandkasten security ({path})")
     for c in checks:
         print(c.line())

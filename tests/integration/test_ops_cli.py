@@ -61,6 +61,7 @@ def test_security_on_an_init_config(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout
     assert "[ ok ] api key" in res.stdout and "[ ok ] config file    mode 0600" in res.stdout
     assert "[warn] readonly rootfs" in res.stdout
+    assert "user namespace auto" in res.stdout
     cfg.chmod(0o644)
     (tmp_path / "d" / "run" / "daemon.log").write_text("x")
     (tmp_path / "d" / "run" / "daemon.log").chmod(0o644)
@@ -82,14 +83,17 @@ def test_doctor_one_line_per_check(tmp_path: Path) -> None:
     cfg.write_text(f'listen: "127.0.0.1:1"\ndata_dir: "{data}"\n')
     data.mkdir()
     res = sk("doctor", "--config", str(cfg))
-    assert len(res.stdout.splitlines()) == 1 + 8  # a header, then one line per check
+    assert len(res.stdout.splitlines()) == 1 + 9  # a header, then one line per check
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
     names = [ln[7:21].strip() for ln in lines]
-    assert names == ["kernel", "cgroups", "overlayfs", "data dir fs", "overlay mount", "wsl",
-                     "root", "daemon"]
+    assert names == ["kernel", "cgroups", "overlayfs", "data dir fs", "overlay mount",
+                     "user namespace", "wsl", "root", "daemon"]
     assert "[warn] daemon" in res.stdout and "not answering" in res.stdout
     if os.geteuid() == 0:
         assert "[ ok ] overlay mount  overlayfs works" in res.stdout
+        # this kernel and filesystem allow idmapped layers (6.18, ext4/tmpfs)
+        assert "[ ok ] user namespace auto: active, sandbox ids 0..65535 are host ids " \
+               "1879048192..1879113727" in res.stdout
         assert list(data.iterdir()) == []  # the probe cleaned up
     assert res.returncode == (1 if "[FAIL]" in res.stdout else 0)
 

@@ -42,7 +42,7 @@ def _spare(rt: Any, sessions: set[int], timeout: float = 5.0) -> int:
 
 
 def test_the_next_create_takes_the_spare(linux_runtime: Any,  # noqa: F811
-                                         busybox_layer: Path) -> None:
+                                         busybox_layer: Path) -> None:  # noqa: F811
     first = run(linux_runtime.create(spec_for(busybox_layer)))
     try:
         run(first.exec("true"))  # its first request is when the next spare is forked

@@ -39,6 +39,15 @@ def spec_for(layer: Path, session_id: str | None = None, **kw: Any) -> SessionSp
                        layer_paths=[layer], **kw)
 
 
+def userns_mode() -> Any:
+    """``security.user_namespace`` for test runtimes: the daemon's variable, so one run of
+    a test file covers one mode (``SANDKASTEN_SECURITY__USER_NAMESPACE=off pytest ...``)."""
+    mode = os.environ.get("SANDKASTEN_SECURITY__USER_NAMESPACE", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"SANDKASTEN_SECURITY__USER_NAMESPACE={mode!r}: auto, on or off")
+    return mode
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: namespaces, overlayfs mounts and cgroups")
@@ -78,7 +87,7 @@ def linux_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sandkasten.runtime.linux import LinuxRuntime
 
     data = tmp_path_factory.mktemp("sandkasten-data")
-    rt = LinuxRuntime(data, cgroup_parent="sandkasten-tests")
+    rt = LinuxRuntime(data, cgroup_parent="sandkasten-tests", user_namespace=userns_mode())
     rt.start()
     try:
         yield rt

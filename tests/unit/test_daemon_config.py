@@ -41,6 +41,7 @@ def test_seed_config_loads(seed: Path) -> None:
     assert d.max_exec_timeout_ms == 120_000 and d.exec_mode == "stateful"
     assert c.session_ttl_seconds == 1800 and c.workspace.enabled and not c.pool.enabled
     assert c.security.seccomp == "mvp" and c.is_loopback()
+    assert c.security.user_namespace == "auto" and c.security.userns_base == 0x70000000
 
 
 def test_defaults_without_file() -> None:
@@ -60,6 +61,11 @@ def test_defaults_without_file() -> None:
         ),
         ({"SANDKASTEN_MEM_LIMIT_MB": "64"}, lambda c: c.defaults.mem_limit_mb == 64),
         ({"SANDKASTEN_SECCOMP": "off"}, lambda c: c.security.seccomp == "off"),
+        (
+            {"SANDKASTEN_SECURITY__USER_NAMESPACE": "off",
+             "SANDKASTEN_SECURITY__USERNS_BASE": "200000"},
+            lambda c: c.security.user_namespace == "off" and c.security.userns_base == 200000,
+        ),
         (
             {"SANDKASTEN_ALLOWED_IMAGES": "python, node"},
             lambda c: c.allowed_images == ["python", "node"],
@@ -86,6 +92,16 @@ def test_environment_overrides_file(seed: Path, env: dict[str, str], check) -> N
     assert check(load_config(seed, env))
 
 
+@pytest.mark.parametrize(("text", "mode"), [
+    ("user_namespace: off", "off"), ("user_namespace: on", "on"),
+    ("user_namespace: 'off'", "off"), ("user_namespace: auto", "auto"),
+])
+def test_user_namespace_unquoted_on_off(tmp_path: Path, text: str, mode: str) -> None:
+    p = tmp_path / "sandkasten.yaml"
+    p.write_text(f"security:\n  {text}\n")
+    assert load_config(p, {}).security.user_namespace == mode
+
+
 def test_config_env_variable_names_the_file(seed: Path) -> None:
     assert load_config(None, {"SANDKASTEN_CONFIG": str(seed)}).api_key == "sk-sandbox-test"
 
@@ -99,6 +115,10 @@ def test_config_env_variable_names_the_file(seed: Path) -> None:
         ("listen: nope\n", {}, "'listen'", "HOST:PORT"),
         ("listen: '1.2.3.4:99999'\n", {}, "'listen'", "port"),
         ("security:\n  seccomp: maybe\n", {}, "'security.seccomp'", "'off'"),
+        ("security:\n  user_namespace: maybe\n", {}, "'security.user_namespace'", "'auto'"),
+        ("security:\n  userns_base: 0\n", {}, "'security.userns_base'", "above 0"),
+        ("", {"SANDKASTEN_SECURITY__USERNS_BASE": "4294960000"}, "'security.userns_base'",
+         "4294967295"),
         ("defaults:\n  network_mode: bridge\n", {}, "'defaults.network_mode'", "'none'"),
         ("defaults:\n  cpu_limit: 0\n", {}, "'defaults.cpu_limit'", "greater than 0"),
         ("pool:\n  images: {python: 1000}\n", {}, "'pool.images'", "between 0 and 256"),

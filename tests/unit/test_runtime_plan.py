@@ -103,3 +103,42 @@ def test_overlay_lowerdir_is_top_first() -> None:
 def test_overlay_options_refused(layers: list[Path], match: str) -> None:
     with pytest.raises(ImageLayoutError, match=match):
         pl.overlay_options(layers, Path("/u"), Path("/w"))
+
+
+BASE = 0x70000000
+
+
+def test_without_user_namespace_nothing_is_idmapped_or_chowned() -> None:
+    ops = pl.plan_session(spec(), PATHS, None)
+    k = kinds(ops)
+    assert not {"IdmapMount", "PrepareUpper", "EnterUserns"} & set(k)
+    assert pl.OpenBindSource("workspace", "/data/sessions/s1/workspace") in ops
+    assert all(getattr(o, "owner", 0) == 0 for o in ops)
+    overlay = next(o for o in ops if isinstance(o, pl.MountOverlay))
+    assert overlay.options.startswith("lowerdir=/l/b:/l/a,")
+
+
+def test_user_namespace_plan() -> None:
+    ops = pl.plan_session(spec(readonly_rootfs=True), PATHS, "sk-s1", userns_base=BASE)
+    k = kinds(ops)
+    # each layer idmapped onto its own mount point, then the overlay over those
+    assert [o for o in ops if isinstance(o, pl.IdmapMount)] == [
+        pl.IdmapMount("/l/a", "/data/sessions/s1/lower/0"),
+        pl.IdmapMount("/l/b", "/data/sessions/s1/lower/1")]
+    overlay = next(o for o in ops if isinstance(o, pl.MountOverlay))
+    assert overlay.options.startswith(
+        "lowerdir=/data/sessions/s1/lower/1:/data/sessions/s1/lower/0,")
+    assert k.index("IdmapMount") < k.index("PrepareUpper") < k.index("MountOverlay")
+    assert pl.PrepareUpper("/data/sessions/s1/upper", "/l/b", BASE) in ops
+    assert pl.OpenBindSource("workspace", "/data/sessions/s1/workspace", idmap=True) in ops
+    # PID 1 joins the user namespace after the last mount, read-only remount included
+    assert k[-2:] == ["RemountReadonly", "EnterUserns"]
+    # what setup creates belongs to root inside (host uid BASE)
+    for o in ops:
+        if isinstance(o, pl.WriteFile | pl.EnsureUser | pl.Symlink | pl.BindFd | pl.Mount):
+            assert o.owner == BASE, o
+    tmpfs = {o.target: o.data for o in ops if isinstance(o, pl.Mount)}
+    for target in ("/dev", "/dev/shm", "/tmp"):
+        assert f"uid={BASE},gid={BASE}" in str(tmpfs[target]), target
+    # device nodes stay host root's (shown as nobody inside)
+    assert all(not hasattr(o, "owner") for o in ops if isinstance(o, pl.MakeDevice))

@@ -57,7 +57,15 @@ import runner.protocol
 import runner.server
 import runner.shell
 from sandkasten.runtime.base import SessionSpec
-from sandkasten.runtime.linux import cgjoin, mounts, pretouch, seccomp, state, threaddrop
+from sandkasten.runtime.linux import (
+    cgjoin,
+    mounts,
+    pretouch,
+    seccomp,
+    state,
+    threaddrop,
+    userns,
+)
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
 from sandkasten.runtime.linux.wire import CreateRequest, Job, Stamps, recv_obj, send_obj
@@ -110,7 +118,8 @@ class _Hardening:
         self.flt.load()
 
 
-def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None) -> None:
+def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None,
+               userns_fd: int | None) -> None:
     """PID 1 of a new sandbox, right after the fork (see the module docstring). Never returns.
 
     First the session-independent setup (``plan.spare_plan``) and, in a spare, the
@@ -145,11 +154,11 @@ def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None) 
         os._exit(0)  # a spare whose fork server is gone
     data = b"".join(chunks)
     req, ops, tasks = pickle.loads(data)  # noqa: S301 - from our parent
-    _pid1(req, ops, report, tasks, stamps)
+    _pid1(req, ops, report, tasks, stamps, userns_fd)
 
 
 def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
-          stamps: Stamps) -> None:
+          stamps: Stamps, userns_fd: int | None) -> None:
     stamps.append(("pid1", time.perf_counter_ns()))
     try:
         flt = _FILTERS.get(req.spec.seccomp)
@@ -159,7 +168,7 @@ def _pid1(req: CreateRequest, ops: list[pl.Op], report: int, tasks: list[str],
         first = _FirstRequest(report)
         ctx = mounts.Context(
             join_cgroup=(lambda _name: cgjoin.join_self(req.cgroup, tasks))
-            if req.cgroup else None)
+            if req.cgroup else None, userns_fd=userns_fd)
         mounts.execute(ops, ctx, stamps)
         ctx.close()
         assert ctx.listener is not None
@@ -229,6 +238,9 @@ class ForkServer:
         self.learned = 0
         # PID 1s that are ready, until their first request is answered: report fd -> pid
         self.started: dict[int, int] = {}
+        # the sandboxes' user namespace (``userns``), made once at start-up, or None
+        self.userns_fd: int | None = None
+        self.userns_base: int | None = None
 
     def _fork_pid1(self, spare: bool = False) -> _Child:
         """Fork a PID 1 in a new pid namespace; it does the session-independent setup (a
@@ -256,7 +268,8 @@ class ForkServer:
                 os.close(fd)  # a host namespace fd never enters a sandbox
             self.control.close()
             gc.disable()  # until the runner serves: a collection would only copy pages
-            _pid1_main(assign_r, report_w, [], self.hot if spare else None)
+            _pid1_main(assign_r, report_w, [], self.hot if spare else None,
+                       self.userns_fd)
         self._restore_pidns()
         os.close(assign_r)
         os.close(report_w)
@@ -421,8 +434,25 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _setup_userns(options: dict[str, Any]) -> tuple[int | None, int | None, dict[str, Any]]:
+    """The sandboxes' user namespace per ``options`` (``security.user_namespace``,
+    ``userns_base``, ``data_dir``): (fd, base, status for the hello message). The status
+    has ``active`` and, when the namespace is not used, ``reason``; ``fatal`` when the
+    mode is ``on`` and it cannot be used."""
+    mode = str(options.get("user_namespace", "off"))
+    base = int(options.get("userns_base", userns.DEFAULT_BASE))
+    fd, reason = userns.setup(mode, base, str(options.get("data_dir", "/")))
+    if fd is not None:
+        return fd, base, {"mode": mode, "active": True, "base": base}
+    status: dict[str, Any] = {"mode": mode, "active": False, "reason": reason or "off"}
+    if mode == "on":
+        status["fatal"] = True
+    return None, None, status
+
+
 def main() -> None:
     fd = int(sys.argv[1])
+    options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     control = socket.socket(fileno=fd)
     # Die with the daemon; ignore terminal signals meant for it.
     ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -439,12 +469,18 @@ def main() -> None:
             _FILTERS[profile] = seccomp.prepare(profile)
         except Exception as e:  # reported to the creates that ask for this profile
             _FILTERS[profile] = e
+    # once, before any sandbox exists (the probe forks and mounts in a throwaway child)
+    userns_fd, userns_base, userns_status = _setup_userns(options)
     # Preloaded objects never change again: keep the collector from touching (and so
     # copying) their pages in every forked sandbox.
     gc.collect()
     gc.freeze()
-    send_obj(control, ("hello", os.getpid()))
-    ForkServer(control, r).serve()
+    send_obj(control, ("hello", os.getpid(), userns_status))
+    if userns_status.get("fatal"):
+        return
+    server = ForkServer(control, r)
+    server.userns_fd, server.userns_base = userns_fd, userns_base
+    server.serve()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sandkasten.runtime.linux import namespaces as ns
 from sandkasten.runtime.linux import plan as pl
-from sandkasten.runtime.linux import unixaddr
+from sandkasten.runtime.linux import unixaddr, userns
 
 
 class SetupStepError(Exception):
@@ -39,41 +39,54 @@ class Context:
     join_cgroup: Callable[[str], None] | None = None
     fds: dict[str, int] = field(default_factory=dict)
     listener: socket.socket | None = None  # made by Listen, kept by the caller
+    userns_fd: int | None = None  # the sandboxes' user namespace (the fork server's fd)
 
     def close(self) -> None:
+        """Close every fd setup held, the user namespace's included: none reaches the
+        runner (PID 1 is in that namespace by now, or never enters one)."""
+        if self.userns_fd is not None:
+            self.fds["userns"] = self.userns_fd
+            self.userns_fd = None
         for fd in self.fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
 
 
-def _mkdirs(path: str, mode: int) -> None:
-    """Create ``path`` (inside the sandbox root) if missing; a symlink is left as it is."""
+def _mkdirs(path: str, mode: int, owner: int = 0) -> None:
+    """Create ``path`` (inside the sandbox root) if missing, owned by host uid and gid
+    ``owner``; an existing one (a symlink included) is left as it is."""
     try:
         os.mkdir(path, mode)
-        os.chmod(path, mode)  # umask-proof
     except FileExistsError:
-        pass
+        return
     except FileNotFoundError:
-        _mkdirs(os.path.dirname(path), 0o755)
-        _mkdirs(path, mode)
+        _mkdirs(os.path.dirname(path), 0o755, owner)
+        _mkdirs(path, mode, owner)
+        return
+    # no process of the sandbox exists yet: nothing can swap the new dir for a symlink
+    os.chmod(path, mode)  # umask-proof
+    if owner:
+        os.chown(path, owner, owner)
 
 
 def _write_file(op: pl.WriteFile) -> None:
-    _mkdirs(os.path.dirname(op.path), 0o755)
+    _mkdirs(os.path.dirname(op.path), 0o755, op.owner)
     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
         os.unlink(op.path)  # the image's file or symlink: we replace it, never write through
     fd = os.open(op.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, op.mode)
     try:
         os.write(fd, op.content.encode())
-        os.fchmod(fd, op.mode)
+        if op.owner:
+            os.fchown(fd, op.owner, op.owner)
+        os.fchmod(fd, op.mode)  # after fchown, which clears setuid/setgid bits
     finally:
         os.close(fd)
 
 
 def _ensure_user(op: pl.EnsureUser) -> None:
     """Add the sandbox user and group to /etc/passwd and /etc/group if the name is absent."""
-    _mkdirs("/etc", 0o755)
+    _mkdirs("/etc", 0o755, op.owner)
     for path, line, name in (
         ("/etc/passwd", f"{op.name}:x:{op.uid}:{op.gid}:{op.name}:{op.home}:/bin/sh\n", op.name),
         ("/etc/group", f"{op.name}:x:{op.gid}:\n", op.name),
@@ -87,7 +100,7 @@ def _ensure_user(op: pl.EnsureUser) -> None:
             continue
         if text and not text.endswith("\n"):
             text += "\n"
-        _write_file(pl.WriteFile(path, text + line, 0o644))
+        _write_file(pl.WriteFile(path, text + line, 0o644, op.owner))
 
 
 def _readonly_bind(path: str) -> None:
@@ -99,6 +112,27 @@ def _readonly_bind(path: str) -> None:
         raise
     ns.mount(None, path, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID
              | ns.MS_NODEV | ns.MS_NOEXEC)
+
+
+def _userns(ctx: Context) -> int:
+    if ctx.userns_fd is None:
+        raise OSError(22, "the plan needs the sandboxes' user namespace, which is not set up")
+    return ctx.userns_fd
+
+
+def _idmap_mount(op: pl.IdmapMount, ctx: Context) -> None:
+    """Attach an idmapped clone of the layer ``op.source`` on ``op.target``. The clone is
+    attached in this (private) mount namespace only; the host never sees it."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(os.path.dirname(op.target), 0o700)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(op.target, 0o700)
+    fd = ns.open_tree_clone(op.source, recursive=False)
+    try:
+        ns.idmap_tree(fd, _userns(ctx), recursive=False)
+        ns.move_mount(fd, op.target)
+    finally:
+        os.close(fd)
 
 
 def run_op(op: pl.Op, ctx: Context) -> None:
@@ -130,10 +164,19 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         ns.sethostname(op.name)
     elif isinstance(op, pl.LoopbackUp):
         ns.loopback_up()
+    elif isinstance(op, pl.IdmapMount):
+        _idmap_mount(op, ctx)
+    elif isinstance(op, pl.PrepareUpper):
+        mode = stat.S_IMODE(os.stat(op.mode_of).st_mode)
+        os.chown(op.path, op.uid, op.uid)
+        os.chmod(op.path, mode)
     elif isinstance(op, pl.MountOverlay):
         ns.mount("overlay", op.target, "overlay", 0, op.options)
     elif isinstance(op, pl.OpenBindSource):
-        ctx.fds[op.key] = ns.open_tree_clone(op.path)
+        fd = ns.open_tree_clone(op.path)
+        ctx.fds[op.key] = fd
+        if op.idmap:
+            ns.idmap_tree(fd, _userns(ctx))
     elif isinstance(op, pl.PivotRoot):
         # pivot_root(".", "."): the old root ends up stacked under the new one and is
         # detached right away, so no path inside the sandbox ever leads back to the host.
@@ -142,10 +185,10 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         ns.umount2(".", ns.MNT_DETACH)
         os.chdir("/")
     elif isinstance(op, pl.Mount):
-        _mkdirs(op.target, op.mode)
+        _mkdirs(op.target, op.mode, op.owner)
         ns.mount(op.source, op.target, op.fstype, op.flags, op.data)
     elif isinstance(op, pl.BindFd):
-        _mkdirs(op.target, 0o755)
+        _mkdirs(op.target, 0o755, op.owner)
         # the detached copy of the host directory taken before pivot_root
         ns.move_mount(ctx.fds[op.key], op.target)
     elif isinstance(op, pl.ReadonlyBind):
@@ -157,14 +200,21 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         os.mknod(op.path, stat.S_IFCHR | op.mode, os.makedev(op.major, op.minor))
         os.chmod(op.path, op.mode)
     elif isinstance(op, pl.Symlink):
-        with contextlib.suppress(FileExistsError):
+        try:
             os.symlink(op.target, op.path)
+        except FileExistsError:
+            pass
+        else:
+            if op.owner:
+                os.lchown(op.path, op.owner, op.owner)
     elif isinstance(op, pl.WriteFile):
         _write_file(op)
     elif isinstance(op, pl.EnsureUser):
         _ensure_user(op)
     elif isinstance(op, pl.RemountReadonly):
         ns.mount(None, op.path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY)
+    elif isinstance(op, pl.EnterUserns):
+        userns.enter(_userns(ctx))
     else:  # ForkPid1 and Assign are the fork server's to handle
         raise TypeError(f"cannot execute {op!r} here")
 

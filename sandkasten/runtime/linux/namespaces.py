@@ -1,8 +1,9 @@
 """Thin ctypes bindings to the libc calls Python 3.11 lacks.
 
-unshare, setns, mount, umount2, pivot_root (by syscall number), sethostname, prctl, mknod is in
-``os``. Each raises OSError with the errno and the call named, so a failed setup step says
-which step failed. Loaded before a process enters a sandbox; calls import nothing.
+unshare, setns, mount, umount2, pivot_root, open_tree, move_mount and mount_setattr (by
+syscall number), sethostname, prctl; mknod is in ``os``. Each raises OSError with the
+errno and the call named, so a failed setup step says which step failed. Loaded before a
+process enters a sandbox; calls import nothing.
 """
 
 from __future__ import annotations
@@ -111,18 +112,41 @@ _AT_RECURSIVE = 0x8000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 
-def open_tree_clone(path: str) -> int:
+def open_tree_clone(path: str, *, recursive: bool = True) -> int:
     """A detached copy of the mount tree at ``path``, as an fd (attach it with move_mount).
 
     Unlike an fd from open(2), the copy stays usable after the mount it came from is
     detached, which is what pivot_root does to the host's tree.
     """
+    flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
     fd = _libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(_AT_FDCWD), path.encode(),
-                       ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE))
+                       ctypes.c_uint(flags))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
     return int(fd)
+
+
+_SYS_MOUNT_SETATTR = 442  # new syscall table: the same number everywhere
+_AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def idmap_tree(fd: int, userns_fd: int, *, recursive: bool = True) -> None:
+    """Make the detached mount tree ``fd`` (from ``open_tree_clone``) idmapped through the
+    user namespace ``userns_fd``: a file of disk uid N shows as uid N of that namespace,
+    i.e. the host uid the namespace maps N to. Only a detached, never-attached tree can be
+    idmapped, which is why this sits between open_tree and move_mount."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+                         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           "mount_setattr(MOUNT_ATTR_IDMAP)")
 
 
 def move_mount(fd: int, target: str) -> None:

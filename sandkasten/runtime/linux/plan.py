@@ -21,12 +21,23 @@ Order matters and is part of the contract:
     MakePrivate     MS_PRIVATE|MS_REC on "/": from now on the host's mounts stay out too
     Listen          bind sessions/<id>/runner.sock on the host (a restarted daemon finds it)
     SetHostname
+    IdmapMount      with a user namespace only: each layer dir, cloned and idmapped through
+                    it, onto sessions/<id>/lower/<i> (seen only in this mount namespace)
+    PrepareUpper    with a user namespace only: the upper dir becomes the sandbox root's,
+                    with the top layer's root mode (it is the sandbox's "/")
     MountOverlay    image layers (lowerdir, top first) + session upper/work → merged
-    OpenBindSource  open the workspace on the host by fd (O_PATH) before the host goes away
+    OpenBindSource  a detached clone of the workspace (idmapped with a user namespace),
+                    taken before the host goes away
     PivotRoot       into merged; the old root is detached, never reachable again
   inside the root (every path below resolves inside the sandbox, symlinks included)
     Mount /proc, masks, /dev (tmpfs + device nodes + devpts + shm), /tmp, /workspace by fd,
     WriteFile /etc/{hosts,hostname,resolv.conf}, EnsureUser, RemountReadonly.
+    EnterUserns     with a user namespace only, last: PID 1 joins it as its root and keeps
+                    no privilege over the host's namespaces (``userns.enter``)
+
+With a user namespace (``userns_base`` set), what setup creates (mount points, /etc files,
+tmpfs roots) is owned by host uid ``userns_base``, i.e. root inside; device nodes stay host
+root's and show as nobody inside.
 
 Setup that follows symlinks happens only after PivotRoot, so a hostile image (say
 ``/workspace -> /etc`` or ``/etc/passwd -> /host/file``) can only point at its own files.
@@ -97,6 +108,29 @@ class LoopbackUp:
 
 
 @dataclass(frozen=True)
+class IdmapMount:
+    """Clone the host dir ``source`` (a layer), idmap it, attach it on ``target`` (a host
+    path, created if missing)."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class PrepareUpper:
+    """Own ``path`` as ``uid``:``uid`` with the mode of ``mode_of`` (the top layer's root)."""
+
+    path: str
+    mode_of: str
+    uid: int
+
+
+@dataclass(frozen=True)
+class EnterUserns:
+    pass
+
+
+@dataclass(frozen=True)
 class MountOverlay:
     target: str
     options: str
@@ -106,6 +140,7 @@ class MountOverlay:
 class OpenBindSource:
     key: str
     path: str
+    idmap: bool = False  # through the sandboxes' user namespace (disk uid N = sandbox uid N)
 
 
 @dataclass(frozen=True)
@@ -121,6 +156,7 @@ class Mount:
     flags: int
     data: str | None = None
     mode: int = 0o755  # of the mount point when it has to be created
+    owner: int = 0  # host uid (and gid) of the mount point when it has to be created
 
 
 @dataclass(frozen=True)
@@ -129,6 +165,7 @@ class BindFd:
 
     key: str
     target: str
+    owner: int = 0  # of the mount point when it has to be created
 
 
 @dataclass(frozen=True)
@@ -157,6 +194,7 @@ class MakeDevice:
 class Symlink:
     target: str
     path: str
+    owner: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +202,7 @@ class WriteFile:
     path: str
     content: str
     mode: int = 0o644
+    owner: int = 0  # host uid and gid of the file (and of parent dirs it creates)
 
 
 @dataclass(frozen=True)
@@ -172,6 +211,7 @@ class EnsureUser:
     uid: int
     gid: int
     home: str
+    owner: int = 0  # host owner of /etc/passwd and /etc/group when they are rewritten
 
 
 @dataclass(frozen=True)
@@ -180,9 +220,9 @@ class RemountReadonly:
 
 
 Op = (JoinCgroup | Unshare | MakePrivate | MakeSlave | ForkPid1 | Assign | Listen
-      | SetHostname | LoopbackUp | MountOverlay | OpenBindSource | PivotRoot | Mount | BindFd
-      | ReadonlyBind | MaskFile
-      | MakeDevice | Symlink | WriteFile | EnsureUser | RemountReadonly)
+      | SetHostname | LoopbackUp | IdmapMount | PrepareUpper | MountOverlay | OpenBindSource
+      | PivotRoot | Mount | BindFd | ReadonlyBind | MaskFile | MakeDevice | Symlink
+      | WriteFile | EnsureUser | RemountReadonly | EnterUserns)
 
 
 @dataclass(frozen=True)
@@ -198,6 +238,10 @@ class SessionPaths:
     @property
     def work(self) -> Path:
         return self.root / "work"
+
+    def lower(self, i: int) -> Path:
+        """Mount point of layer ``i`` (bottom-most 0), idmapped, with a user namespace."""
+        return self.root / "lower" / str(i)
 
     @property
     def merged(self) -> Path:
@@ -267,13 +311,28 @@ def spare_plan() -> list[Op]:
     return [Unshare(EARLY_NS_FLAGS), MakeSlave(), LoopbackUp()]
 
 
-def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None) -> list[Op]:
+def _tmpfs(data: str, owner: int) -> str:
+    return f"{data},uid={owner},gid={owner}" if owner else data
+
+
+def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None,
+                 userns_base: int | None = None) -> list[Op]:
     """The full, ordered list of setup operations for ``spec``: ``ForkPid1``, the
-    ``spare_plan``, ``Assign``, then the session's own steps."""
+    ``spare_plan``, ``Assign``, then the session's own steps.
+
+    ``userns_base``: the host id that sandbox id 0 maps to when sandboxes run in the
+    daemon's user namespace (``userns``); None runs them without one.
+    """
     hostname = hostname_for(spec.id)
     workspace = spec.workspace_dir if spec.workspace_dir is not None else paths.workspace
     if spec.network_mode != "none":  # pragma: no cover - only "none" exists today
         raise ImageLayoutError(f"network mode {spec.network_mode!r} is not supported")
+    idmap = userns_base is not None
+    owner = userns_base or 0  # host uid of root inside; 0 (no chown at all) without userns
+    if idmap:
+        lowers = [paths.lower(i) for i in range(len(spec.layer_paths))]
+    else:
+        lowers = list(spec.layer_paths)
     ops: list[Op] = [ForkPid1(), *spare_plan(), Assign()]
     if cgroup is not None:
         ops.append(JoinCgroup(cgroup))
@@ -282,30 +341,42 @@ def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None) -> 
         MakePrivate(),
         Listen(str(paths.socket)),
         SetHostname(hostname),
-        MountOverlay(str(paths.merged), overlay_options(spec.layer_paths, paths.upper,
-                                                        paths.work)),
-        OpenBindSource("workspace", str(workspace)),
+    ]
+    if idmap:
+        ops += [IdmapMount(str(src), str(dst)) for src, dst in zip(spec.layer_paths, lowers,
+                                                                   strict=True)]
+        ops.append(PrepareUpper(str(paths.upper), str(spec.layer_paths[-1]), owner))
+    ops += [
+        MountOverlay(str(paths.merged), overlay_options(lowers, paths.upper, paths.work)),
+        OpenBindSource("workspace", str(workspace), idmap=idmap),
         PivotRoot(str(paths.merged)),
-        Mount("proc", "/proc", "proc", _NOSUID_NODEV | ns.MS_NOEXEC),
+        Mount("proc", "/proc", "proc", _NOSUID_NODEV | ns.MS_NOEXEC, owner=owner),
         *[ReadonlyBind(p) for p in _PROC_READONLY],
-        Mount("tmpfs", "/dev", "tmpfs", ns.MS_NOSUID | ns.MS_NOEXEC, "mode=755,size=65536k"),
+        Mount("tmpfs", "/dev", "tmpfs", ns.MS_NOSUID | ns.MS_NOEXEC,
+              _tmpfs("mode=755,size=65536k", owner), owner=owner),
         *[MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in _DEVICES],
         *[MaskFile(p) for p in _PROC_MASKED],
+        # ptys: PID 1 opens /dev/ptmx after EnterUserns (so the pty is its own) and hands
+        # the slave to the sandbox user; ptmx itself is 0666
         Mount("devpts", "/dev/pts", "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620"),
-        Symlink("pts/ptmx", "/dev/ptmx"),
-        Symlink("/proc/self/fd", "/dev/fd"),
-        Symlink("/proc/self/fd/0", "/dev/stdin"),
-        Symlink("/proc/self/fd/1", "/dev/stdout"),
-        Symlink("/proc/self/fd/2", "/dev/stderr"),
-        Mount("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV, "mode=1777", mode=0o1777),
-        Mount("tmpfs", "/tmp", "tmpfs", _NOSUID_NODEV, "mode=1777", mode=0o1777),
-        BindFd("workspace", "/workspace"),
-        WriteFile("/etc/hostname", hostname + "\n"),
-        WriteFile("/etc/hosts", hosts_file(hostname)),
-        WriteFile("/etc/resolv.conf", resolv_conf(spec.network_mode)),
-        EnsureUser(SANDBOX_USER, SANDBOX_UID, SANDBOX_GID, "/workspace"),
+              "newinstance,ptmxmode=0666,mode=0620", owner=owner),
+        Symlink("pts/ptmx", "/dev/ptmx", owner=owner),
+        Symlink("/proc/self/fd", "/dev/fd", owner=owner),
+        Symlink("/proc/self/fd/0", "/dev/stdin", owner=owner),
+        Symlink("/proc/self/fd/1", "/dev/stdout", owner=owner),
+        Symlink("/proc/self/fd/2", "/dev/stderr", owner=owner),
+        Mount("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV, _tmpfs("mode=1777", owner),
+              mode=0o1777, owner=owner),
+        Mount("tmpfs", "/tmp", "tmpfs", _NOSUID_NODEV, _tmpfs("mode=1777", owner),
+              mode=0o1777, owner=owner),
+        BindFd("workspace", "/workspace", owner=owner),
+        WriteFile("/etc/hostname", hostname + "\n", owner=owner),
+        WriteFile("/etc/hosts", hosts_file(hostname), owner=owner),
+        WriteFile("/etc/resolv.conf", resolv_conf(spec.network_mode), owner=owner),
+        EnsureUser(SANDBOX_USER, SANDBOX_UID, SANDBOX_GID, "/workspace", owner=owner),
     ]
     if spec.readonly_rootfs:
         ops.append(RemountReadonly("/"))
+    if idmap:
+        ops.append(EnterUserns())
     return ops

@@ -6,7 +6,8 @@
     sb = await rt.attach(session_id)            # after a daemon restart
     await rt.cleanup(session_id)                # what a dead sandbox left behind
 
-State on disk: sessions/<id>/{upper,work,merged,workspace,runner.sock,state.json}. Every
+State on disk: sessions/<id>/{upper,work,merged,workspace,runner.sock,state.json}, and
+lower/<i> (empty mount points for idmapped layers) with the user namespace. Every
 mount lives in the sandbox's own mount namespace, so none ever appears on the host and
 they all vanish with the sandbox's last process; destroy kills the processes (cgroup kill,
 else the PID 1, which takes its pid namespace down), removes the cgroup and the directory.
@@ -19,6 +20,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -29,11 +31,12 @@ import sysconfig
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sandkasten.errors import SandkastenError
 from sandkasten.runtime.base import SessionSpec, Stats
 from sandkasten.runtime.linux import plan as pl
+from sandkasten.runtime.linux import userns
 from sandkasten.runtime.linux.cgroups import Cgroup, CgroupLimits, CgroupManager, open_manager
 from sandkasten.runtime.linux.errors import SessionSetupError
 from sandkasten.runtime.linux.sandbox import LinuxSandbox
@@ -42,6 +45,8 @@ from sandkasten.runtime.linux.wire import CreateRequest, Job, Stamps, make_job, 
 
 __all__ = ["LinuxRuntime", "LinuxSandbox", "proc_start_time"]
 
+log = logging.getLogger("sandkasten")
+UserNamespaceMode = Literal["auto", "on", "off"]
 _ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -53,7 +58,9 @@ class SessionExistsError(SandkastenError):
 class ForkServerClient:
     """The daemon's handle on the fork server process: thread-safe, any event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        """``options``: the fork server's start-up settings (``user_namespace``,
+        ``userns_base``, ``data_dir``), as JSON on its command line."""
         ours, theirs = socket.socketpair()
         # A minimal environment: it is the initial environment of every sandbox's PID 1,
         # and the daemon's own (API keys, tokens) must never be in a sandbox's memory.
@@ -68,7 +75,7 @@ class ForkServerClient:
             # standard library and this project only, and every module it holds is memory
             # in each sandbox's PID 1
             [sys.executable, "-S", "-m", "sandkasten.runtime.linux.forkserver",
-             str(theirs.fileno())],
+             str(theirs.fileno()), json.dumps(options or {})],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.sock = ours
@@ -76,6 +83,14 @@ class ForkServerClient:
         if not (isinstance(hello, tuple) and hello[0] == "hello"):
             self.close()
             raise SessionSetupError("the sandbox fork server did not start")
+        # {"mode", "active", "base"} or {"mode", "active": False, "reason"[, "fatal"]}
+        self.userns: dict[str, Any] = dict(hello[2]) if len(hello) > 2 else {"active": False}
+        if self.userns.get("fatal"):
+            self.close()
+            raise SessionSetupError(
+                f"security.user_namespace is on, but {self.userns.get('reason')}",
+                hint="fix the kernel or filesystem support named above, or set "
+                     "security.user_namespace: auto (runs without one where it cannot)")
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._futures: dict[int, concurrent.futures.Future[tuple[int, Stamps]]] = {}
@@ -131,8 +146,16 @@ class LinuxRuntime:
 
     def __init__(self, data_dir: Path, *, store: Any = None, allow_unlimited: bool = False,
                  cgroup_root: Path = Path("/sys/fs/cgroup"),
-                 cgroup_parent: str = "sandkasten") -> None:
+                 cgroup_parent: str = "sandkasten",
+                 user_namespace: UserNamespaceMode = "auto",
+                 userns_base: int = userns.DEFAULT_BASE) -> None:
+        """``user_namespace``/``userns_base``: see ``security`` in docs/configuration.md;
+        with ``on``, ``start`` (and any create) raises SessionSetupError where the kernel
+        or the data directory's filesystem cannot do it."""
         self.data_dir = Path(data_dir)
+        self.user_namespace = user_namespace
+        self.userns_base = userns_base
+        self._userns_logged = False
         self.sessions_dir = self.data_dir / "sessions"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.store = store
@@ -144,8 +167,28 @@ class LinuxRuntime:
     def _fs(self) -> ForkServerClient:
         with self._fs_lock:
             if self._forkserver is None or self._forkserver.proc.poll() is not None:
-                self._forkserver = ForkServerClient()
+                self._forkserver = ForkServerClient({
+                    "user_namespace": self.user_namespace, "userns_base": self.userns_base,
+                    "data_dir": str(self.data_dir)})
+                self._log_userns(self._forkserver.userns)
             return self._forkserver
+
+    def _log_userns(self, status: dict[str, Any]) -> None:
+        if self._userns_logged:
+            return
+        self._userns_logged = True
+        if status.get("active"):
+            log.debug("user namespace active: sandbox ids 0..%d are host ids %d..%d",
+                     userns.SIZE - 1, status["base"], status["base"] + userns.SIZE - 1)
+        elif self.user_namespace == "auto":
+            log.warning("running sandboxes without a user namespace: %s "
+                        "(root in a sandbox is host root, without capabilities)",
+                        status.get("reason"))
+
+    def user_namespace_status(self) -> dict[str, Any]:
+        """Whether sandboxes run in the user namespace: ``{"mode", "active", "base"}`` or,
+        without one, ``{"mode", "active": False, "reason"}``. Starts the fork server."""
+        return dict(self._fs().userns)
 
     def start(self) -> None:
         """Start the fork server now (call before the process starts threads if you like;
@@ -203,8 +246,10 @@ class LinuxRuntime:
             out.set_exception(e)
             return out
         try:
-            job = make_job(CreateRequest(spec, str(paths.root), cg))
-            fut = self._fs().create(job)
+            fs = self._fs()
+            job = make_job(CreateRequest(spec, str(paths.root), cg),
+                           fs.userns["base"] if fs.userns.get("active") else None)
+            fut = fs.create(job)
         except BaseException as e:
             self._teardown(spec.id, None, cg)
             out.set_exception(e if isinstance(e, SandkastenError)

@@ -42,11 +42,13 @@ class Job(NamedTuple):
     assignment: bytes  # pickle of (CreateRequest, the ops after Assign, v1 task files)
 
 
-def make_job(req: CreateRequest) -> Job:
-    """Plan ``req``; raises what ``plan.plan_session`` raises for a spec it cannot build."""
+def make_job(req: CreateRequest, userns_base: int | None) -> Job:
+    """Plan ``req`` (in the user namespace of ``userns_base``, None for none: what the fork
+    server said at start-up); raises what ``plan.plan_session`` raises for a spec it
+    cannot build."""
     paths = pl.SessionPaths(Path(req.session_dir))
     cg = req.cgroup
-    ops = pl.plan_session(req.spec, paths, cg.name if cg else None)
+    ops = pl.plan_session(req.spec, paths, cg.name if cg else None, userns_base=userns_base)
     split = ops.index(pl.Assign())
     if ops[:split] != [pl.ForkPid1(), *pl.spare_plan()]:  # pragma: no cover - plan's contract
         raise AssertionError("the plan does not start with the spare's steps")
