@@ -69,7 +69,7 @@ async def profile(rootfs: Path, runs: int, cmd: str, bwrap_cmd: list[str] | None
     from sandkasten.runtime.base import SessionSpec
     from sandkasten.runtime.linux import LinuxRuntime
 
-    data = Path(tempfile.mkdtemp(prefix="sandkasten-profile-"))
+    data = Path(tempfile.mkdtemp(prefix="sandkasten-profile-", dir="/var/tmp"))
     rt = LinuxRuntime(data, cgroup_parent="sandkasten-profile",
                       user_namespace=user_namespace)  # type: ignore[arg-type]
     rt.start()
@@ -154,7 +154,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("error: run as root (namespaces, mounts, cgroups)", file=sys.stderr)
         return 1
-    work = Path(tempfile.mkdtemp(prefix="sandkasten-profile-rootfs-"))
+    work = Path(tempfile.mkdtemp(prefix="sandkasten-profile-rootfs-", dir="/var/tmp"))
     try:
         if args.rootfs is not None:
             rootfs = args.rootfs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -186,6 +187,38 @@ def test_escape_attempts_fail(sb: LinuxSandbox, cmd: str) -> None:
     r = ex(sb, cmd + " 2>&1", timeout_ms=5000)
     assert r.exit_code != 0, f"{cmd!r} succeeded: {r.output}"
     assert ex(sb, "echo alive").output == "alive\n"
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_device_nodes_of_images_and_workspaces_open_nothing(
+        linux_runtime: Any, busybox_layer: Path, tmp_path: Path,  # noqa: F811
+        readonly: bool) -> None:
+    """A 0666 device node shipped in an image layer or put into a workspace on the host
+    (here /dev/null's and /dev/tty1's numbers) cannot be opened: the root filesystem and
+    the workspace are mounted nodev (and nosuid), whatever readonly_rootfs says."""
+    layer, ws = tmp_path / "layer", tmp_path / "ws"
+    (layer / "etc").mkdir(parents=True)
+    ws.mkdir()
+    for d in (layer / "etc", ws):
+        os.mknod(d / "null666", 0o666 | 0o020000, os.makedev(1, 3))
+        os.mknod(d / "tty666", 0o666 | 0o020000, os.makedev(4, 1))
+    spec = spec_for(busybox_layer, workspace_dir=ws, readonly_rootfs=readonly)
+    spec = dataclasses.replace(spec, layer_paths=[busybox_layer, layer])
+    s = run(linux_runtime.create(spec))
+    try:
+        assert ex(s, "ls -l /etc/null666 /workspace/tty666 | cut -c1").output == "c\nc\n"
+        for path in ("/etc/null666", "/etc/tty666", "/workspace/null666",
+                     "/workspace/tty666"):
+            r = ex(s, f"echo x > {path} 2>&1; echo rc=$?; cat {path} 2>&1; echo rc=$?")
+            assert r.output.count("Permission denied") == 2, (path, r.output)
+        mounts = {ln.split()[1]: ln.split()[3].split(",")
+                  for ln in ex(s, "cat /proc/mounts").output.splitlines()}
+        for target in ("/", "/workspace"):
+            assert {"nosuid", "nodev"} <= set(mounts[target]), (target, mounts[target])
+        assert ("ro" in mounts["/"]) is readonly
+        assert ex(s, "echo ok > /dev/null && echo fine").output == "fine\n"  # ours work
+    finally:
+        run(s.destroy())
 
 
 def test_no_mount_is_visible_on_the_host(sb: LinuxSandbox) -> None:

@@ -171,12 +171,14 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         os.chown(op.path, op.uid, op.uid)
         os.chmod(op.path, mode)
     elif isinstance(op, pl.MountOverlay):
-        ns.mount("overlay", op.target, "overlay", 0, op.options)
+        # nodev: a device node in an image (say a 0666 block or console device) opens
+        # nothing; the sandbox's devices are the ones on its own /dev. nosuid: setuid bits
+        # of the image never apply (user commands also run with no_new_privs).
+        ns.mount("overlay", op.target, "overlay", ns.MS_NOSUID | ns.MS_NODEV, op.options)
     elif isinstance(op, pl.OpenBindSource):
         fd = ns.open_tree_clone(op.path)
         ctx.fds[op.key] = fd
-        if op.idmap:
-            ns.idmap_tree(fd, _userns(ctx))
+        ns.harden_tree(fd, _userns(ctx) if op.idmap else None)
     elif isinstance(op, pl.PivotRoot):
         # pivot_root(".", "."): the old root ends up stacked under the new one and is
         # detached right away, so no path inside the sandbox ever leads back to the host.
@@ -212,7 +214,9 @@ def run_op(op: pl.Op, ctx: Context) -> None:
     elif isinstance(op, pl.EnsureUser):
         _ensure_user(op)
     elif isinstance(op, pl.RemountReadonly):
-        ns.mount(None, op.path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY)
+        # a bind remount sets exactly these flags: nosuid and nodev are kept by naming them
+        ns.mount(None, op.path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY
+                 | ns.MS_NOSUID | ns.MS_NODEV)
     elif isinstance(op, pl.EnterUserns):
         userns.enter(_userns(ctx))
     else:  # ForkPid1 and Assign are the fork server's to handle
