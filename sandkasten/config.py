@@ -119,6 +119,12 @@ class SecuritySettings(_Section):
         # YAML 1.1 reads an unquoted on/off as a boolean: take it as the word written
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("seccomp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # ``seccomp: off`` unquoted is YAML's false; there is no "on" profile to mean
+        return "off" if v is False else v
+
     @field_validator("userns_base")
     @classmethod
     def _userns_base(cls, v: int) -> int:

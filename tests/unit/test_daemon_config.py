@@ -102,6 +102,22 @@ def test_user_namespace_unquoted_on_off(tmp_path: Path, text: str, mode: str) ->
     assert load_config(p, {}).security.user_namespace == mode
 
 
+@pytest.mark.parametrize(("text", "profile"), [
+    ("seccomp: off", "off"), ("seccomp: 'off'", "off"), ("seccomp: strict", "strict"),
+])
+def test_seccomp_unquoted_off(tmp_path: Path, text: str, profile: str) -> None:
+    p = tmp_path / "sandkasten.yaml"
+    p.write_text(f"security:\n  {text}\n")
+    assert load_config(p, {}).security.seccomp == profile
+
+
+def test_seccomp_true_is_not_a_profile(tmp_path: Path) -> None:
+    p = tmp_path / "sandkasten.yaml"
+    p.write_text("security:\n  seccomp: on\n")
+    with pytest.raises(Exception, match="seccomp"):
+        load_config(p, {})
+
+
 def test_config_env_variable_names_the_file(seed: Path) -> None:
     assert load_config(None, {"SANDKASTEN_CONFIG": str(seed)}).api_key == "sk-sandbox-test"
 
