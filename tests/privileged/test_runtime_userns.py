@@ -294,3 +294,17 @@ def test_debian_image(rt_on: LinuxRuntime, debian_layer: Path) -> None:  # noqa:
         assert sh(s, "bash -c 'echo $EUID'").strip() == "1000"
     finally:
         run(s.destroy())
+
+
+def test_a_workspace_that_cannot_be_idmapped_is_refused_clearly(
+        rt_on: LinuxRuntime, layers: list[Path], overlay_data_dir: Path) -> None:
+    """A persistent workspace on a filesystem without idmapped mounts (here overlayfs)
+    cannot keep its owners in the user namespace: the create fails naming the reason and
+    the way out, and leaves nothing behind."""
+    ws = overlay_data_dir / "ws"
+    ws.mkdir()
+    spec = _spec(layers, workspace_dir=ws)
+    with pytest.raises(SessionSetupError, match=r"cannot be idmapped.*user_namespace: off"):
+        run(rt_on.create(spec))
+    assert not (rt_on.sessions_dir / spec.id).exists()
+    assert spec.id not in Path("/proc/self/mountinfo").read_text()

@@ -31,10 +31,11 @@ def test_order_of_the_stages() -> None:
     # what a spare PID 1 does before any request is the same for every session; then the
     # session's: the cgroup joined before the cgroup namespace exists, private before any
     # mount, the socket bound on the host
-    assert ops[:5] == [pl.ForkPid1(), *pl.spare_plan(), pl.Assign()]
-    assert k[5:9] == ["JoinCgroup", "Unshare", "MakePrivate", "Listen"]
-    assert ops[6] == pl.Unshare(ns.CLONE_NEWCGROUP)
-    assert ops[8] == pl.Listen("/data/sessions/s1/runner.sock")
+    assert ops[:4] == [pl.ForkPid1(), *pl.spare_plan(), pl.Assign()]
+    assert k[4:8] == ["JoinCgroup", "Unshare", "MakePrivate", "Listen"]
+    # the mount namespace is the session's: a copy of the host's mounts at assignment
+    assert ops[5] == pl.Unshare(ns.CLONE_NEWNS | ns.CLONE_NEWCGROUP)
+    assert ops[7] == pl.Listen("/data/sessions/s1/runner.sock")
     # host paths used only before pivot_root; everything after resolves inside the root
     assert k.index("MountOverlay") < k.index("OpenBindSource") < k.index("PivotRoot")
     after = ops[k.index("PivotRoot") + 1:]
@@ -61,8 +62,8 @@ def test_namespaces_and_hostname() -> None:
     # the pid namespace is made by ForkPid1 (unshare would put the *next* child in it)
     assert not flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWPID)
     # the spare's part holds no session's data
-    assert pl.spare_plan() == [pl.Unshare(pl.EARLY_NS_FLAGS), pl.MakeSlave(), pl.LoopbackUp()]
-    assert not pl.EARLY_NS_FLAGS & ns.CLONE_NEWCGROUP
+    assert pl.spare_plan() == [pl.Unshare(pl.EARLY_NS_FLAGS), pl.LoopbackUp()]
+    assert not pl.EARLY_NS_FLAGS & (ns.CLONE_NEWCGROUP | ns.CLONE_NEWNS)
     assert "JoinCgroup" not in kinds(ops)
     assert pl.SetHostname("sess-abc-1") in ops
     assert pl.WriteFile("/etc/hostname", "sess-abc-1\n") in ops

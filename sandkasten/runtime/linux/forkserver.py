@@ -6,14 +6,14 @@ a Python start-up per session costs tens of milliseconds. The fork server is sta
 and then only forks. Creating a session:
 
     fork server: unshare(CLONE_NEWPID), fork, setns back to its own pid namespace
-        └─▶ PID 1 of the new pid namespace: setsid, stdio → /dev/null, unshare (mnt uts
-            ipc net), "/" a slave of the host's, lo up (``plan.spare_plan``); then it
-            waits for its session's part of the plan (``plan.plan_session`` after
-            ``Assign``, planned and pickled by the daemon: ``wire.Job``): join the cgroup
-            (so every process of the sandbox starts in it), unshare cgroup, make "/"
-            private, bind sessions/<id>/runner.sock (a host path, so a restarted daemon
-            can reconnect), hostname, overlay, pivot_root, /proc /dev /tmp /workspace,
-            /etc files; reports ready; non-dumpable; serves.
+        └─▶ PID 1 of the new pid namespace: setsid, stdio → /dev/null, unshare (uts ipc
+            net), lo up (``plan.spare_plan``); then it waits for its session's part of
+            the plan (``plan.plan_session`` after ``Assign``, planned and pickled by the
+            daemon: ``wire.Job``): join the cgroup (so every process of the sandbox
+            starts in it), unshare mnt (a copy of the host's mounts as they are now) and
+            cgroup, make "/" private, bind sessions/<id>/runner.sock (a host path, so a
+            restarted daemon can reconnect), hostname, overlay, pivot_root, /proc /dev
+            /tmp /workspace, /etc files; reports ready; non-dumpable; serves.
     The fork server keeps one such PID 1 forked ahead (the spare), so a create starts at
     its assignment; it forks the next one when a sandbox's first request arrives (the
     creator then waits on the sandbox's own work, and a core is free) or after a moment

@@ -143,8 +143,6 @@ def run_op(op: pl.Op, ctx: Context) -> None:
         ns.unshare(op.flags)
     elif isinstance(op, pl.MakePrivate):
         ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
-    elif isinstance(op, pl.MakeSlave):
-        ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
     elif isinstance(op, pl.Listen):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(op.path)
@@ -178,7 +176,15 @@ def run_op(op: pl.Op, ctx: Context) -> None:
     elif isinstance(op, pl.OpenBindSource):
         fd = ns.open_tree_clone(op.path)
         ctx.fds[op.key] = fd
-        ns.harden_tree(fd, _userns(ctx) if op.idmap else None)
+        try:
+            ns.harden_tree(fd, _userns(ctx) if op.idmap else None)
+        except OSError as e:
+            if not (op.idmap and e.errno == errno.EINVAL):
+                raise
+            raise OSError(e.errno, "its filesystem cannot be idmapped into the sandboxes' "
+                          "user namespace (tmpfs before Linux 6.3, network filesystems): "
+                          "keep workspaces on the data directory's filesystem, or set "
+                          "security.user_namespace: off") from None
     elif isinstance(op, pl.PivotRoot):
         # pivot_root(".", "."): the old root ends up stacked under the new one and is
         # detached right away, so no path inside the sandbox ever leads back to the host.

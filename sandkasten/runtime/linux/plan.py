@@ -8,17 +8,16 @@ Order matters and is part of the contract:
                     pid namespace, and the fork server's next children are not
   PID 1, still on the host's root, before it knows its session (``spare_plan``: the fork
   server keeps one such PID 1 forked ahead, so a create starts at ``Assign``)
-    Unshare         mount, uts, ipc and net
-    MakeSlave       MS_SLAVE|MS_REC on "/": nothing mounted here propagates to the host,
-                    while the host's new mounts still arrive until the session is known
+    Unshare         uts, ipc and net (a net namespace is the costly one to make)
     LoopbackUp
     Assign          the session's request arrives (a marker: the fork server sends the
                     rest of the plan)
   PID 1 of a session
     JoinCgroup      first, and before CLONE_NEWCGROUP, so every process the sandbox ever
                     starts is in the session's cgroup and that cgroup is its cgroup root
-    Unshare         cgroup
-    MakePrivate     MS_PRIVATE|MS_REC on "/": from now on the host's mounts stay out too
+    Unshare         mount (a copy of the host's mounts as they are now, however long the
+                    spare waited) and cgroup
+    MakePrivate     MS_PRIVATE|MS_REC on "/": nothing mounted later propagates either way
     Listen          bind sessions/<id>/runner.sock on the host (a restarted daemon finds it)
     SetHostname
     IdmapMount      with a user namespace only: each layer dir, cloned and idmapped through
@@ -72,11 +71,6 @@ class Unshare:
 
 @dataclass(frozen=True)
 class MakePrivate:
-    pass
-
-
-@dataclass(frozen=True)
-class MakeSlave:
     pass
 
 
@@ -219,7 +213,7 @@ class RemountReadonly:
     path: str = "/"
 
 
-Op = (JoinCgroup | Unshare | MakePrivate | MakeSlave | ForkPid1 | Assign | Listen
+Op = (JoinCgroup | Unshare | MakePrivate | ForkPid1 | Assign | Listen
       | SetHostname | LoopbackUp | IdmapMount | PrepareUpper | MountOverlay | OpenBindSource
       | PivotRoot | Mount | BindFd | ReadonlyBind | MaskFile | MakeDevice | Symlink
       | WriteFile | EnsureUser | RemountReadonly | EnterUserns)
@@ -284,8 +278,9 @@ def overlay_options(layers: list[Path], upper: Path, work: Path) -> str:
 # CLONE_NEWPID is ForkPid1's: the fork server creates the pid namespace with PID 1 in it.
 # The cgroup namespace comes after JoinCgroup (its root is the cgroup of the unsharer);
 # the others before the session is known.
-EARLY_NS_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWNET
-NS_FLAGS = EARLY_NS_FLAGS | ns.CLONE_NEWCGROUP
+EARLY_NS_FLAGS = ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWNET
+SESSION_NS_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWCGROUP
+NS_FLAGS = EARLY_NS_FLAGS | SESSION_NS_FLAGS
 _NOSUID_NODEV = ns.MS_NOSUID | ns.MS_NODEV
 _PROC_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 _PROC_MASKED = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
@@ -308,7 +303,7 @@ def resolv_conf(network_mode: str) -> str:
 def spare_plan() -> list[Op]:
     """What PID 1 does before it knows its session: the same for every session (network
     mode ``none`` is the only one), so a PID 1 forked ahead of any request has done it."""
-    return [Unshare(EARLY_NS_FLAGS), MakeSlave(), LoopbackUp()]
+    return [Unshare(EARLY_NS_FLAGS), LoopbackUp()]
 
 
 def _tmpfs(data: str, owner: int) -> str:
@@ -337,7 +332,7 @@ def plan_session(spec: SessionSpec, paths: SessionPaths, cgroup: str | None,
     if cgroup is not None:
         ops.append(JoinCgroup(cgroup))
     ops += [
-        Unshare(ns.CLONE_NEWCGROUP),
+        Unshare(SESSION_NS_FLAGS),
         MakePrivate(),
         Listen(str(paths.socket)),
         SetHostname(hostname),
