@@ -32,7 +32,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sandkasten_driver
 from bench.procs import memory_kib, tree
-from tests.support.rootfs import debian_python_tar
+from tests.support.rootfs import debian_python_rootfs
 
 CMD = ["python3", "-c", "print(2+2)"]
 CRUN_CGROUP_PARENT = "sk-bench-crun"
@@ -62,19 +61,6 @@ def private_mount_namespace() -> None:
         raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
     if os.path.ismount("/sys/fs/cgroup/unified"):
         libc.umount2(b"/sys/fs/cgroup/unified", 2)  # MNT_DETACH
-
-
-def extract_rootfs(dest: Path) -> Path:
-    root = dest / "rootfs"
-    root.mkdir()
-    with tarfile.open(debian_python_tar()) as tf:
-        tf.extractall(root, filter="fully_trusted")  # our own mmdebstrap output
-    for d in ("dev", "proc", "sys", "tmp", "workspace"):
-        (root / d).mkdir(exist_ok=True)
-    # the writeback of the 200 MB just extracted would otherwise stall every file the
-    # measured sandboxes create (journal commits wait behind it)
-    os.sync()
-    return root
 
 
 def machine_facts() -> dict[str, str]:
@@ -335,7 +321,7 @@ async def main() -> int:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sk-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
-        rootfs = extract_rootfs(work)
+        rootfs = debian_python_rootfs()
         bw, cr = Bwrap(rootfs), Crun(rootfs, work)
         sk: sandkasten_driver.Sandkasten | None = None
         if "sandkasten" in only:

@@ -31,8 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.bench_sandbox import extract_rootfs
 from bench.procs import memory_kib, tree
+from tests.support.rootfs import debian_python_rootfs
 
 
 def _ms(ns: int) -> float:
@@ -162,7 +162,7 @@ def main() -> int:
             from tests.support.rootfs import busybox_rootfs
             rootfs = busybox_rootfs(work / "rootfs")
         else:
-            rootfs = extract_rootfs(work)
+            rootfs = debian_python_rootfs()
         if args.image == "busybox":
             cmd, bw = "echo 4", ["/bin/sh", "-c", "echo 4"]
         else:

@@ -2,7 +2,8 @@
 
 - ``busybox_rootfs(dest)``: a tiny image: busybox-static and its applet links.
 - ``debian_python_tar()``: a Debian bookworm rootfs with python3, made by mmdebstrap once
-  and cached (``SANDKASTEN_TEST_CACHE``, default /var/cache/sandkasten-tests) between runs.
+  and cached (``SANDKASTEN_TEST_CACHE``, default /var/cache/sandkasten-tests) between runs;
+  ``debian_python_rootfs()``: the same, extracted once into the cache (read-only use).
 """
 
 from __future__ import annotations
@@ -57,3 +58,28 @@ def debian_python_tar() -> Path:
         )
         os.replace(tmp, out)
     return out
+
+
+def debian_python_rootfs() -> Path:
+    """``debian_python_tar()`` extracted once into the cache; callers never write into it
+    (it is an overlay lower layer or a read-only bind). Extracted and synced once: no
+    caller pays for (or makes the filesystem churn with) a fresh 200 MB copy."""
+    dest = CACHE / f"debian-{DEBIAN_SUITE}-python3.rootfs"
+    done = CACHE / f"debian-{DEBIAN_SUITE}-python3.rootfs.complete"
+    if done.exists():
+        for d in ("dev", "proc", "sys", "tmp", "workspace"):  # mount points (older caches)
+            (dest / d).mkdir(exist_ok=True)
+        return dest
+    tar = debian_python_tar()
+    with open(CACHE / ".extract.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            subprocess.run(["tar", "-xpf", str(tar), "-C", str(dest), "--numeric-owner"],
+                           check=True)
+            for d in ("dev", "proc", "sys", "tmp", "workspace"):
+                (dest / d).mkdir(exist_ok=True)
+            os.sync()
+            done.touch()
+    return dest

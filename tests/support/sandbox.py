@@ -13,10 +13,7 @@ behind.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from sandkasten.runtime.base import SessionSpec
-from tests.support.rootfs import CACHE, busybox_rootfs, debian_python_tar
+from tests.support.rootfs import busybox_rootfs, debian_python_rootfs
 
 T = TypeVar("T")
 
@@ -64,20 +61,7 @@ def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def debian_layer() -> Path:
     """The Debian bookworm + python3 rootfs, extracted once into the test cache."""
     _require_root()
-    dest = CACHE / "debian-bookworm-python3.rootfs"
-    done = CACHE / "debian-bookworm-python3.rootfs.complete"
-    if done.exists():
-        return dest
-    tar = debian_python_tar()
-    with open(CACHE / ".extract.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(dest, ignore_errors=True)
-            dest.mkdir(parents=True)
-            subprocess.run(["tar", "-xpf", str(tar), "-C", str(dest), "--numeric-owner"],
-                           check=True)
-            done.touch()
-    return dest
+    return debian_python_rootfs()
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,10 @@ def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None,
     when the first request arrives, and is closed after that request's reply.
     """
     try:
+        if hot is not None:
+            # a spare takes only CPU time nobody else wants until it is assigned (then the
+            # fork server gives it the normal class back): it never slows a running sandbox
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         old_wakeup = signal.set_wakeup_fd(-1)
         if old_wakeup >= 0:
             os.close(old_wakeup)
@@ -293,6 +297,8 @@ class ForkServer:
                     send_obj(self.control, (req_id, None, f"fork of PID 1: {e}", []))
                     return
             try:
+                with contextlib.suppress(OSError):  # a spare: see ``_pid1_main``
+                    os.sched_setscheduler(child.pid, os.SCHED_OTHER, os.sched_param(0))
                 _write_all(child.assign, job.assignment)
                 os.close(child.assign)
                 break
