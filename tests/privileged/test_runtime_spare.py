@@ -50,11 +50,19 @@ def test_the_next_create_takes_the_spare(linux_runtime: Any,  # noqa: F811
         with open(f"/proc/{spare}/status") as f:
             nspid = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
         assert nspid[-1] == "1"  # already PID 1 of a pid namespace of its own
+        # it waits on CPU time nobody else wants...
+        assert os.sched_getscheduler(spare) == os.SCHED_IDLE
         spec = spec_for(busybox_layer, mem_limit_mb=64)
         second = run(linux_runtime.create(spec))
         try:
             assert second.pid == spare
             r = run(second.exec("hostname; cat /proc/self/cgroup; echo $$"))
+            # ...and its session, the shell included, runs in the normal class
+            assert os.sched_getscheduler(second.pid) == os.SCHED_OTHER
+            with open(f"/proc/{second.pid}/task/{second.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+            assert children
+            assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in children)
             assert r.output.splitlines()[0] == spec.id.lower()
             with open(f"/proc/{second.pid}/cgroup") as f:
                 assert linux_runtime.cgroup_name(spec.id) in f.read()
