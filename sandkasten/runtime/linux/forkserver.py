@@ -157,7 +157,8 @@ def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None,
     if not chunks:
         os._exit(0)  # a spare whose fork server is gone
     if hot is not None:  # the fork server did this already; a sandbox never runs idle-class
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     data = b"".join(chunks)
     req, ops, tasks = pickle.loads(data)  # noqa: S301 - from our parent
     _pid1(req, ops, report, tasks, stamps, userns_fd)
