@@ -131,10 +131,6 @@ def _pid1_main(assign: int, report: int, stamps: Stamps, hot: list[int] | None,
     when the first request arrives, and is closed after that request's reply.
     """
     try:
-        if hot is not None:
-            # a spare takes only CPU time nobody else wants until it is assigned (then the
-            # fork server gives it the normal class back): it never slows a running sandbox
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         old_wakeup = signal.set_wakeup_fd(-1)
         if old_wakeup >= 0:
             os.close(old_wakeup)
@@ -278,6 +274,11 @@ class ForkServer:
             _pid1_main(assign_r, report_w, [], self.hot if spare else None,
                        self.userns_fd)
         self._restore_pidns()
+        if spare:
+            # A spare takes only CPU time nobody else wants until it is assigned (``start``
+            # gives it the normal class back): its warm-up never slows a running sandbox.
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(child, os.SCHED_IDLE, os.sched_param(0))
         os.close(assign_r)
         os.close(report_w)
         return _Child(child, assign_w, report_r)
