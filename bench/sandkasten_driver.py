@@ -131,5 +131,6 @@ class Sandkasten:
                 os.rmdir(d)
         self.notes.append("sandkasten idle memory sums every process in the session's cgroup "
                           "(the runner as PID 1, forked from the fork server, and its shell); "
-                          "with one session alive, PSS charges it half of the pages it still "
-                          "shares with the fork server.")
+                          "with one session alive, PSS charges it a share of the pages it "
+                          "still shares with the fork server and the spare PID 1 the fork "
+                          "server keeps forked ahead (which one-at-a-time cold creates take).")
