@@ -38,7 +38,9 @@ def _spare(rt: Any, sessions: set[int], timeout: float = 5.0) -> int:
         if len(spares) == 1:
             return spares.pop()
         time.sleep(0.02)
-    raise AssertionError(f"no spare PID 1 under the fork server {fs}")
+    kids = {p: _alive(p) for p in _children(fs)}
+    raise AssertionError(f"not one spare PID 1 under the fork server {fs}: children "
+                         f"{kids}, sessions {sessions}")
 
 
 def test_the_next_create_takes_the_spare(linux_runtime: Any,  # noqa: F811
@@ -145,3 +147,27 @@ def test_the_spare_ends_with_the_fork_server(tmp_path: Path, busybox_layer: Path
     while _alive(spare) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not _alive(spare)
+
+
+def test_sessions_without_requests_do_not_pile_up_fds(linux_runtime: Any,  # noqa: F811
+                                                      busybox_layer: Path) -> None:  # noqa: F811
+    """The fork server watches a ready PID 1 until its first request (to fork the next
+    spare then), but only a bounded number of them: a pool of sandboxes that never get a
+    request costs it no file descriptors beyond that."""
+    from sandkasten.runtime.linux import forkserver
+
+    fs = linux_runtime._fs().proc.pid
+    before = len(os.listdir(f"/proc/{fs}/fd"))
+    made = []
+    try:
+        for _ in range(forkserver.STARTED_MAX + 8):
+            made.append(run(linux_runtime.create(spec_for(busybox_layer))))
+        grown = len(os.listdir(f"/proc/{fs}/fd")) - before
+        assert grown <= forkserver.STARTED_MAX + 4, grown  # + the spare's two pipes
+        last = run(linux_runtime.create(spec_for(busybox_layer)))
+        made.append(last)
+        assert run(last.exec("echo still fine")).output == "still fine\n"
+        assert run(made[-2].exec("echo me too")).output == "me too\n"
+    finally:
+        for sb in made:
+            run(sb.destroy())

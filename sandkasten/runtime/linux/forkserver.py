@@ -79,6 +79,7 @@ _FILTERS: dict[str, seccomp.PreparedFilter | Exception] = {}
 SPARE_IDLE = 0.05
 SPARE_FAILURES_MAX = 3
 LEARN_SAMPLES = 2  # sandboxes whose written pages a spare copies ahead (``pretouch``)
+STARTED_MAX = 32  # ready PID 1s watched until their first request (``on_started``)
 
 
 @dataclass
@@ -350,7 +351,13 @@ class ForkServer:
             st.stamps.append(("reported", time.perf_counter_ns()))
             send_obj(self.control, (st.req_id, st.child, None,
                                     sorted(st.stamps, key=lambda s: s[1])))
-            self.started[fd] = st.child  # see ``on_started``
+            if len(self.started) < STARTED_MAX:
+                self.started[fd] = st.child  # see ``on_started``
+            else:
+                # sandboxes that never get a request (a filled pool, say) must not pile up
+                # fds here: the idle timer forks the next spare instead; PID 1's later
+                # writes to the closed pipe fail quietly
+                os.close(fd)
             return
         if data and st.error is None:
             return
