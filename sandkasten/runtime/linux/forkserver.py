@@ -284,12 +284,13 @@ class ForkServer:
         os.close(report_w)
         return _Child(child, assign_w, report_r)
 
-    def _discard(self, child: _Child) -> None:
+    def _discard(self, child: _Child, *, reaped: bool = False) -> None:
         with contextlib.suppress(OSError):
             os.close(child.assign)
         os.close(child.report)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGKILL)  # ``reap`` collects it
+        if not reaped:  # a reaped pid may already be someone else's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)  # ``reap`` collects it
 
     def start(self, req_id: int, job: Job) -> None:
         stamps: Stamps = [("forkserver", time.perf_counter_ns())]
@@ -411,7 +412,7 @@ class ForkServer:
                 return
             if self.spare is not None and pid == self.spare.pid:
                 # a spare that failed its setup: the next create forks (and reports why)
-                self._discard(self.spare)
+                self._discard(self.spare, reaped=True)
                 self.spare = None
                 self.spare_failures += 1
 
