@@ -307,6 +307,7 @@ class ForkServer:
                     os.sched_setscheduler(child.pid, os.SCHED_OTHER, os.sched_param(0))
                 _write_all(child.assign, job.assignment)
                 os.close(child.assign)
+                self.spare_failures = 0
                 break
             except OSError:
                 self._discard(child)
@@ -411,10 +412,15 @@ class ForkServer:
             if pid == 0:
                 return
             if self.spare is not None and pid == self.spare.pid:
-                # a spare that failed its setup: the next create forks (and reports why)
+                # A spare that died before its request: the next create forks (and reports
+                # why, should its setup fail the same way). If it was warming up, stop
+                # warming up; spares stop after SPARE_FAILURES_MAX deaths in a row.
                 self._discard(self.spare, reaped=True)
                 self.spare = None
-                self.spare_failures += 1
+                if self.hot:
+                    self.hot, self.learned = [], LEARN_SAMPLES
+                else:
+                    self.spare_failures += 1
 
     def serve(self) -> None:
         while True:

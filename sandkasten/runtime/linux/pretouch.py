@@ -29,6 +29,7 @@ _PRESENT = 1 << 63
 _FILE_OR_SHARED_ANON = 1 << 61
 _EXCLUSIVE = 1 << 56  # mapped by this process only (Linux 4.2+)
 _ENTRY = struct.Struct("<Q")
+_memmove = ctypes.memmove
 
 
 def writable_private_ranges(maps: str) -> list[tuple[int, int]]:
@@ -78,6 +79,9 @@ def touch(addresses: list[int], stop_fd: int | None = None) -> int:
         i = bisect.bisect_right(starts, addr) - 1
         if i < 0 or addr >= ranges[i][1]:
             continue
-        ctypes.memset(addr, ctypes.string_at(addr, 1)[0], 1)
+        # One C call that loads the byte and stores it back: nothing runs in between. (A
+        # read here and a write later would race this very interpreter's allocator, which
+        # may hand out memory on the same page between the two.)
+        _memmove(addr, addr, 1)
         n += 1
     return n
