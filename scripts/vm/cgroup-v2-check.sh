@@ -34,6 +34,8 @@ DEFAULT_TESTS=(
     tests/privileged/test_runtime_debian.py
     tests/privileged/test_runtime_lifecycle.py
     tests/privileged/test_runtime_sessions.py
+    tests/privileged/test_runtime_spare.py
+    tests/privileged/test_runtime_userns.py
 )
 
 die() { echo "cgroup-v2-check: $*" >&2; exit 2; }
