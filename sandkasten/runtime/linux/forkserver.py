@@ -244,7 +244,6 @@ class ForkServer:
         self.started: dict[int, int] = {}
         # the sandboxes' user namespace (``userns``), made once at start-up, or None
         self.userns_fd: int | None = None
-        self.userns_base: int | None = None
 
     def _fork_pid1(self, spare: bool = False) -> _Child:
         """Fork a PID 1 in a new pid namespace; it does the session-independent setup (a
@@ -494,7 +493,7 @@ def main() -> None:
         except Exception as e:  # reported to the creates that ask for this profile
             _FILTERS[profile] = e
     # once, before any sandbox exists (the probe forks and mounts in a throwaway child)
-    userns_fd, userns_base, userns_status = _setup_userns(options)
+    userns_fd, _, userns_status = _setup_userns(options)
     # Preloaded objects never change again: keep the collector from touching (and so
     # copying) their pages in every forked sandbox.
     gc.collect()
@@ -503,7 +502,7 @@ def main() -> None:
     if userns_status.get("fatal"):
         return
     server = ForkServer(control, r)
-    server.userns_fd, server.userns_base = userns_fd, userns_base
+    server.userns_fd = userns_fd  # the base went out with hello: the daemon plans with it
     server.serve()
 
 
